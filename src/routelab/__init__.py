@@ -1,0 +1,13 @@
+"""routelab: diagnose and steer the routers of Mixture-of-Experts language models.
+
+Usable from a notebook without DVC::
+
+    from routelab.models import ModelSpec, load_model
+    from routelab.routing import RoutingEdit, attach
+    lm = load_model(ModelSpec(path="data/models/testbed"))
+    with attach(lm, record=True) as session:
+        lm.model(**lm.tokenizer(["the doctor ."], return_tensors="pt"))
+    session.recorded[0]  # per MoE layer: logits, probs, top-k
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""The ``routelab`` command: the library's main jobs without DVC.
+
+    routelab extract --model <hub-id-or-dir> --prompts <txt-or-parquet> --out <file.parquet>
+                     [--profile <profile.parquet> --lam <λ>]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from routelab.errors import RoutelabError
+
+console = Console(stderr=True)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Hub id or local model directory")
+    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device-map", default=None, help='e.g. "auto" to shard over several GPUs')
+    p.add_argument("--trust-remote-code", action="store_true", help="needed for DeepSeekMoE-16B")
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+def _spec(args):
+    from routelab.models import ModelSpec
+
+    return ModelSpec(path=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                     trust_remote_code=args.trust_remote_code, batch_size=args.batch_size)
+
+
+def cmd_extract(args) -> None:
+    from routelab.extract import extract_routing, read_prompts
+    from routelab.models import load_model
+    from routelab.routing import RoutingEdit
+
+    if (args.profile is None) != (args.lam is None):
+        raise RoutelabError("--profile and --lam go together (ARR: softmax(z − λ·φ) before top-k)")
+    prompts = read_prompts(args.prompts)
+    lm = load_model(_spec(args))
+    edit = RoutingEdit.arr(args.profile, args.lam, args.layers) if args.profile else None
+    summary = extract_routing(lm, prompts, args.out, edit=edit, batch_size=args.batch_size,
+                              chunk_size=args.chunk_size, model_name=args.model)
+    console.print(
+        f"extract: {summary['prompts']} prompts, {summary['tokens']} tokens × {len(lm.moe_layers)} MoE layers "
+        f"→ {args.out} ({summary['bytes'] / 1e6:.2f} MB, {summary['seconds']:.1f} s)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routelab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("extract", help="record router logits and top-k of every MoE layer to Parquet")
+    _model_args(p)
+    p.add_argument("--prompts", required=True, help=".txt (one prompt per line) or .parquet (prompt_id, text)")
+    p.add_argument("--out", required=True, help="output .parquet")
+    p.add_argument("--profile", default=None, help="profile Parquet (layer, expert, phi): record under ARR")
+    p.add_argument("--lam", type=float, default=None, help="ARR strength λ")
+    p.add_argument("--layers", type=int, nargs="*", default=None, help="ARR layers (default: all profile layers)")
+    p.add_argument("--chunk-size", type=int, default=512, help="prompts per resumable shard")
+    p.set_defaults(func=cmd_extract)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RoutelabError as exc:
+        console.print(f"[bold red]routelab {args.command}: error:[/] {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

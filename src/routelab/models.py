@@ -1,0 +1,129 @@
+"""Loading a model from a spec: a Hub id or a local directory, with its router adapter.
+
+The same loader serves real checkpoints and the testbed (saved with save_pretrained).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from routelab.adapters import RouterAdapter, adapter_for_config
+from routelab.errors import RoutelabError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec:
+    """One entry of params.yaml ``models:``."""
+
+    path: str  # Hub id (e.g. allenai/OLMoE-1B-7B-0924) or a local directory
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on cuda, fp32 on cpu)
+    device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
+    device_map: str | None = None  # e.g. "auto" to shard over several GPUs (accelerate)
+    trust_remote_code: bool = False  # needed for DeepSeekMoE-16B (remote code)
+    revision: str | None = None  # Hub revision (commit, tag or branch)
+    batch_size: int = 16  # forward batch size for extraction and scoring
+    notes: str = ""  # free text (e.g. what the model is)
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().startswith("cuda") else torch.float32
+        if self.dtype not in _DTYPES:
+            raise RoutelabError(f"model dtype {self.dtype!r} unknown; use one of {['auto', *_DTYPES]}")
+        return _DTYPES[self.dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its tokenizer, its router adapter and routing facts."""
+
+    model: Any
+    tokenizer: Any
+    adapter: RouterAdapter
+    spec: ModelSpec
+    num_experts: int
+    top_k: int
+    moe_layers: list[int] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def describe(self) -> dict[str, Any]:
+        import transformers
+
+        return {
+            "model": self.spec.path,
+            "family": self.adapter.family,
+            "num_experts": self.num_experts,
+            "top_k": self.top_k,
+            "moe_layers": self.moe_layers,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "transformers_version": transformers.__version__,
+            "torch_version": torch.__version__,
+        }
+
+
+def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
+    """Load tokenizer + causal LM from ``spec`` and find its routers.
+
+    Raises RoutelabError for a missing local directory or an unsupported architecture.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from routelab.routing import find_routers
+
+    if isinstance(spec, str):
+        spec = ModelSpec(path=spec)
+    elif isinstance(spec, dict):
+        from routelab.config import section
+
+        spec = section(ModelSpec, spec, "models.<name>")
+    looks_local = spec.path.startswith((".", "/")) or Path(spec.path).exists() or spec.path.count("/") != 1
+    if looks_local and not Path(spec.path).is_dir():
+        raise RoutelabError(
+            f"model path {spec.path!r} is not a directory and not a Hub id (owner/name). "
+            "For the testbed run `dvc repro testbed_train` first."
+        )
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    try:
+        config = AutoConfig.from_pretrained(spec.path, **kwargs)
+    except OSError as exc:
+        raise RoutelabError(f"cannot load the config of {spec.path!r}: {exc}") from None
+    adapter = adapter_for_config(config)  # unknown architecture → clear error, before loading weights
+    model_kwargs = dict(kwargs, dtype=spec.resolved_dtype())
+    if adapter.family == "DeepSeekMoE":
+        from routelab.adapters.deepseek_moe import install_compat
+
+        install_compat()
+        model_kwargs["use_cache"] = False
+    if spec.device_map:
+        model_kwargs["device_map"] = spec.device_map
+    model = AutoModelForCausalLM.from_pretrained(spec.path, **model_kwargs)
+    if not spec.device_map:
+        model = model.to(spec.resolved_device())
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+    if tokenizer.pad_token_id is None:
+        # Pads are masked out everywhere; any id works, EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    routers = find_routers(model, adapter)
+    num_experts, top_k = adapter.sizes(model.config)
+    return LoadedModel(model, tokenizer, adapter, spec, num_experts, top_k, list(routers))
+
+
+def spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    return asdict(spec)

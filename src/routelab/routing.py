@@ -1,0 +1,403 @@
+"""Reading and editing routing before top-k, for every family, with one forward hook.
+
+Edits (METHOD.md §1 Stage 3 ARR, §2 SteerMoE, masking) act on the router logits z of each
+MoE layer, in float32, in this order:
+
+1. additive per-expert bias            z ← z + b_l            (ARR: b_l = −λ·φ_l)
+2. SteerMoE shift in log-softmax space s = log_softmax(z); s_k ← max(s)+ε (activate),
+                                       s_k ← min(s)−ε (deactivate); z ← s + logsumexp(z)
+   (adding logsumexp back leaves softmax(z) = softmax(s) exactly, and keeps the logit scale
+   that sigmoid routers need)
+3. masks                               z_k ← −inf (expert off)
+
+then the family's own routing rule (renormalisation, groups, scaling) runs on the edited
+logits (routelab.adapters), and the experts see only that choice. Shared experts are never
+touched: only the routed router's output changes.
+
+    with attach(lm, edit=RoutingEdit.arr(profile, lam=1.0), record=True) as session:
+        lm.model(**batch)
+    session.records  # RouterCall per MoE layer call: logits, weights, top-k index
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+import torch
+import transformers
+from torch import nn
+
+from routelab.adapters import RouterAdapter
+from routelab.errors import RoutelabError
+
+STEER_EPS = 0.01  # ε of SteerMoE (METHOD.md §2)
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+# ----------------------------------------------------------------------------------------
+# Edits
+# ----------------------------------------------------------------------------------------
+@dataclass
+class LayerEdit:
+    """An edit of one MoE layer's routing; every part optional."""
+
+    bias: torch.Tensor | None = None  # (K,) float32 added to the logits
+    masked: tuple[int, ...] = ()  # experts switched off (logit −inf)
+    activate: tuple[int, ...] = ()  # SteerMoE A+
+    deactivate: tuple[int, ...] = ()  # SteerMoE A−
+
+    def __or__(self, other: "LayerEdit") -> "LayerEdit":
+        bias = _add_opt(self.bias, other.bias)
+        return LayerEdit(
+            bias=bias,
+            masked=tuple(sorted(set(self.masked) | set(other.masked))),
+            activate=tuple(sorted(set(self.activate) | set(other.activate))),
+            deactivate=tuple(sorted(set(self.deactivate) | set(other.deactivate))),
+        )
+
+
+def _add_opt(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+@dataclass
+class RoutingEdit:
+    """Per-layer edits; compose with ``|`` (biases add, masks and steering sets unite)."""
+
+    layers: dict[int, LayerEdit] = field(default_factory=dict)
+    description: dict[str, Any] = field(default_factory=dict)  # recorded in output metadata
+
+    def __or__(self, other: "RoutingEdit") -> "RoutingEdit":
+        layers = dict(self.layers)
+        for layer, e in other.layers.items():
+            layers[layer] = layers[layer] | e if layer in layers else e
+        parts = [d for d in (self.description, other.description) if d]
+        return RoutingEdit(layers, {"compose": parts} if len(parts) > 1 else (parts[0] if parts else {}))
+
+    # --- constructors ----------------------------------------------------------------------
+    @classmethod
+    def arr(
+        cls, profile: pl.DataFrame | str | Path, lam: float, layers: list[int] | None = None
+    ) -> "RoutingEdit":
+        """ARR soft reweighting: z − λ·φ_l on ``layers`` (all profile layers when None).
+
+        ``profile``: one row per (layer, expert) with a ``phi`` column (the profile stage's
+        output, data/profiles/<model>.parquet).
+        """
+        phi = read_profile(profile)
+        if not isinstance(lam, (int, float)) or lam != lam:
+            raise RoutelabError(f"λ must be a finite number, got {lam!r}")
+        chosen = sorted(phi) if layers is None else list(layers)
+        missing = [layer for layer in chosen if layer not in phi]
+        if missing:
+            raise RoutelabError(
+                f"ARR layers {missing} are not in the profile (profile layers: {sorted(phi)})"
+            )
+        src = str(profile) if isinstance(profile, (str, Path)) else "<DataFrame>"
+        return cls(
+            {layer: LayerEdit(bias=-float(lam) * phi[layer]) for layer in chosen},
+            {"kind": "arr", "lambda": float(lam), "layers": chosen, "profile": src},
+        )
+
+    @classmethod
+    def mask(cls, experts: dict[int, list[int]]) -> "RoutingEdit":
+        """Switch experts off: {layer: [expert, ...]}. Masked experts can never be selected."""
+        return cls(
+            {int(layer): LayerEdit(masked=tuple(sorted(map(int, ex)))) for layer, ex in experts.items()},
+            {"kind": "mask", "experts": {int(k): list(map(int, v)) for k, v in experts.items()}},
+        )
+
+    @classmethod
+    def steer(
+        cls, activate: dict[int, list[int]] | None = None, deactivate: dict[int, list[int]] | None = None
+    ) -> "RoutingEdit":
+        """SteerMoE (de)activation: {layer: [expert, ...]} for A+ and A− (METHOD.md §2)."""
+        activate, deactivate = activate or {}, deactivate or {}
+        layers = {}
+        for layer in sorted(set(activate) | set(deactivate)):
+            layers[layer] = LayerEdit(
+                activate=tuple(sorted(map(int, activate.get(layer, [])))),
+                deactivate=tuple(sorted(map(int, deactivate.get(layer, [])))),
+            )
+        return cls(layers, {"kind": "steer", "activate": activate, "deactivate": deactivate})
+
+    @classmethod
+    def steer_table(cls, table: pl.DataFrame) -> "RoutingEdit":
+        """SteerMoE edit from a table with columns layer, expert, action (activate|deactivate)."""
+        need = {"layer", "expert", "action"}
+        if not need <= set(table.columns):
+            raise RoutelabError(f"steering table needs columns {sorted(need)}, found {table.columns}")
+        bad = set(table["action"].unique().to_list()) - {"activate", "deactivate"}
+        if bad:
+            raise RoutelabError(f"steering table: unknown action(s) {sorted(bad)}; use activate|deactivate")
+        sets: dict[str, dict[int, list[int]]] = {"activate": {}, "deactivate": {}}
+        for layer, expert, action in table.select("layer", "expert", "action").iter_rows():
+            sets[action].setdefault(int(layer), []).append(int(expert))
+        return cls.steer(sets["activate"], sets["deactivate"])
+
+    # --- checks ------------------------------------------------------------------------------
+    def validate(self, moe_layers: list[int], num_experts: int, top_k: int) -> None:
+        """Refuse a bad edit before any forward pass (shape, NaN, too few experts left)."""
+        for layer, e in self.layers.items():
+            where = f"edit of layer {layer}"
+            if layer not in moe_layers:
+                raise RoutelabError(f"{where}: not an MoE layer of this model (MoE layers: {moe_layers})")
+            if e.bias is not None:
+                if tuple(e.bias.shape) != (num_experts,):
+                    raise RoutelabError(
+                        f"{where}: bias/profile has shape {tuple(e.bias.shape)}, expected ({num_experts},): "
+                        "the profile must come from this model (one row per expert and layer)"
+                    )
+                if not torch.isfinite(e.bias).all():
+                    raise RoutelabError(f"{where}: bias/profile holds NaN or inf; recompute the profile")
+            enabled = num_experts - len(e.masked)
+            for name, ids in (("mask", e.masked), ("activate", e.activate), ("deactivate", e.deactivate)):
+                out = [i for i in ids if not 0 <= i < num_experts]
+                if out:
+                    raise RoutelabError(f"{where}: {name} expert ids {out} outside 0..{num_experts - 1}")
+            if len(e.activate) > top_k:
+                raise RoutelabError(f"{where}: {len(e.activate)} experts forced on, more than k={top_k}")
+            if set(e.activate) & set(e.deactivate):
+                raise RoutelabError(f"{where}: experts {sorted(set(e.activate) & set(e.deactivate))} both activated and deactivated")
+            if enabled < top_k or num_experts - len(e.deactivate) < top_k:
+                raise RoutelabError(
+                    f"{where}: leaves fewer than k={top_k} experts enabled "
+                    f"({enabled} unmasked, {num_experts - len(e.deactivate)} not deactivated of {num_experts}); "
+                    "renormalisation would divide 0/0. Mask or deactivate fewer experts."
+                )
+
+
+def read_profile(profile: pl.DataFrame | str | Path) -> dict[int, torch.Tensor]:
+    """{layer: φ_l (K,) float32} from a profile table, checked (complete, finite)."""
+    name = str(profile) if isinstance(profile, (str, Path)) else "profile DataFrame"
+    if isinstance(profile, (str, Path)):
+        if not Path(profile).exists():
+            raise RoutelabError(f"profile {profile} not found: run the `profile` stage first")
+        try:
+            profile = pl.read_parquet(profile, columns=["layer", "expert", "phi"])
+        except Exception as exc:  # noqa: BLE001
+            raise RoutelabError(f"profile {name}: expected a Parquet with columns layer, expert, phi ({exc})") from None
+    missing = {"layer", "expert", "phi"} - set(profile.columns)
+    if missing:
+        raise RoutelabError(f"profile {name}: missing column(s) {sorted(missing)}; expected layer, expert, phi")
+    if profile.height == 0:
+        raise RoutelabError(f"profile {name} is empty")
+    out: dict[int, torch.Tensor] = {}
+    for (layer,), grp in profile.sort("layer", "expert").group_by(["layer"], maintain_order=True):
+        experts = grp["expert"].to_list()
+        if experts != list(range(len(experts))):
+            raise RoutelabError(
+                f"profile {name}, layer {layer}: experts must be 0..K-1 once each, found {experts[:10]}…"
+            )
+        phi = torch.tensor(grp["phi"].to_list(), dtype=torch.float32)
+        if not torch.isfinite(phi).all():
+            raise RoutelabError(f"profile {name}, layer {layer}: phi holds NaN or inf")
+        out[int(layer)] = phi
+    sizes = {v.numel() for v in out.values()}
+    if len(sizes) != 1:
+        raise RoutelabError(f"profile {name}: layers have different expert counts {sorted(sizes)}")
+    return out
+
+
+def apply_edit(logits: torch.Tensor, edit: LayerEdit) -> torch.Tensor:
+    """Edited float32 logits (N, K) for one layer (order: bias, steer, mask; see module doc)."""
+    z = logits.float()
+    if edit.bias is not None:
+        z = z + edit.bias  # (N, K)
+    if edit.activate or edit.deactivate:
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
+        s = z - lse  # log_softmax, (N, K)
+        s_max = s.max(dim=-1, keepdim=True).values
+        s_min = s.masked_fill(torch.isneginf(s), float("inf")).min(dim=-1, keepdim=True).values
+        s = s.clone()
+        if edit.activate:
+            s[:, list(edit.activate)] = s_max + STEER_EPS
+        if edit.deactivate:
+            s[:, list(edit.deactivate)] = s_min - STEER_EPS
+        z = s + lse
+    if edit.masked:
+        z = z.clone() if z is logits else z
+        z[:, list(edit.masked)] = float("-inf")
+    return z
+
+
+# ----------------------------------------------------------------------------------------
+# Finding routers and checking the adapter
+# ----------------------------------------------------------------------------------------
+def find_routers(model: nn.Module, adapter: RouterAdapter) -> dict[int, nn.Module]:
+    """{true decoder-layer index: router module}, matched by class name, mapped by module name."""
+    routers: dict[int, nn.Module] = {}
+    for name, module in model.named_modules():
+        if type(module).__name__ != adapter.router_class:
+            continue
+        m = _LAYER_RE.search(name)
+        if m is None:
+            raise RoutelabError(f"{adapter.family}: router {name!r} has no layer index in its name")
+        routers[int(m.group(1))] = module
+    if not routers:
+        classes = sorted({type(m).__name__ for m in model.modules() if re.search("gate|router", type(m).__name__, re.I)})
+        raise RoutelabError(
+            f"{adapter.family}: no router of class {adapter.router_class} found in the model "
+            f"(router-like classes present: {classes or 'none'}); transformers {transformers.__version__}. "
+            "The model's family or the transformers version does not match this adapter."
+        )
+    return dict(sorted(routers.items()))
+
+
+def parity_check(adapter: RouterAdapter, routers: dict[int, nn.Module], n_tokens: int = 32, seed: int = 0) -> None:
+    """With no edit, the adapter's re-implemented routing must reproduce each router's own.
+
+    Runs the router's forward directly (no hooks) on random hidden states and compares the
+    selected index SETS per token (DeepSeek returns them unsorted) and the matching weights.
+    Tokens whose k-th and (k+1)-th scores are closer than the dtype's resolution are skipped:
+    there the choice is a tie, not a rule.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for layer, router in routers.items():
+        weight = router.weight
+        hidden = torch.randn(n_tokens, weight.shape[1], generator=gen).to(weight.device, weight.dtype)
+        if adapter.router_input_3d:
+            hidden = hidden.unsqueeze(0)  # (1, N, H)
+        with torch.no_grad():
+            out = router.forward(hidden)
+            logits = adapter.logits(router, (hidden,), out)  # (N, K)
+            w_ref, i_ref = adapter.selection(out)
+            w_new, i_new = adapter.rule(router, logits.float())
+        k = i_ref.shape[-1]
+        scores = adapter.probabilities(logits)
+        top = scores.topk(min(k + 1, scores.shape[-1]), dim=-1).values
+        tol = 4 * torch.finfo(weight.dtype).eps if weight.dtype != torch.float32 else 1e-6
+        decisive = (top[:, k - 1] - top[:, -1]).abs() > tol if top.shape[-1] > k else torch.ones(len(top), dtype=torch.bool)
+        ref_sorted, ref_order = i_ref.sort(dim=-1)
+        new_sorted, new_order = i_new.to(i_ref.dtype).sort(dim=-1)
+        same_index = (ref_sorted == new_sorted).all(dim=-1) | ~decisive
+        w_ref_s = w_ref.float().gather(-1, ref_order)
+        w_new_s = w_new.float().gather(-1, new_order)
+        atol = 1e-5 if weight.dtype == torch.float32 else 2e-2
+        same_weight = torch.isclose(w_ref_s, w_new_s, atol=atol, rtol=atol).all(dim=-1) | ~decisive
+        if not bool(same_index.all() and same_weight.all()):
+            bad = int((~(same_index & same_weight)).nonzero()[0])
+            raise RoutelabError(
+                f"{adapter.family} adapter parity check failed at layer {layer} on transformers "
+                f"{transformers.__version__}: the router chose {i_ref[bad].tolist()} with weights "
+                f"{[round(x, 6) for x in w_ref[bad].float().tolist()]}, routelab's re-implementation "
+                f"{i_new[bad].tolist()} with {[round(x, 6) for x in w_new[bad].float().tolist()]}. "
+                "This transformers release changed the routing rule: update "
+                f"src/routelab/adapters/ for {adapter.family}, or pin transformers to the version in constraints.txt."
+            )
+
+
+# ----------------------------------------------------------------------------------------
+# Recording and the hook
+# ----------------------------------------------------------------------------------------
+@dataclass
+class RouterCall:
+    """One router call: every row is a token of the flattened (B·S) batch, pads included."""
+
+    layer: int
+    logits: torch.Tensor  # (N, K) float32, the logits routing ran on (edited if an edit applied)
+    weights: torch.Tensor  # (N, k) float32
+    index: torch.Tensor  # (N, k) int64, selected experts
+
+
+@dataclass
+class RoutingSession:
+    """What ``attach`` yields: the recorded calls, and the facts of the attached model."""
+
+    adapter: RouterAdapter
+    moe_layers: list[int]
+    num_experts: int
+    top_k: int
+    records: list[RouterCall] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def probabilities(self, call: RouterCall) -> torch.Tensor:
+        """Routing probabilities G(h) (N, K) of a recorded call."""
+        return self.adapter.probabilities(call.logits)
+
+
+def _model_sizes(model: nn.Module, adapter: RouterAdapter) -> tuple[int, int]:
+    return adapter.sizes(model.config)
+
+
+@contextlib.contextmanager
+def attach(
+    model: nn.Module | Any,
+    adapter: RouterAdapter | None = None,
+    *,
+    edit: RoutingEdit | None = None,
+    record: bool = False,
+    check_parity: bool = True,
+) -> Iterator[RoutingSession]:
+    """Install routing edits and/or recording on every MoE router; removed on exit.
+
+    ``model`` is a transformers model (then pass ``adapter``) or a routelab LoadedModel.
+    A bad edit is refused here, before any forward pass; the adapter's parity check runs
+    once per attach (``check_parity=False`` skips it for repeated attaches in a loop).
+    """
+    if adapter is None:
+        adapter, model = model.adapter, model.model
+    if model.training:
+        raise RoutelabError("model is in training mode (Mixtral jitter, Phi-MoE sampling): call model.eval() first")
+    routers = find_routers(model, adapter)
+    num_experts, top_k = _model_sizes(model, adapter)
+    edit = edit or RoutingEdit()
+    edit.validate(list(routers), num_experts, top_k)
+    if check_parity:
+        parity_check(adapter, routers)
+    session = RoutingSession(adapter, list(routers), num_experts, top_k)
+    handles = []
+    try:
+        for layer, router in routers.items():
+            layer_edit = edit.layers.get(layer)
+            if layer_edit is not None:
+                layer_edit = _to_device(layer_edit, router.weight.device)
+            handles.append(
+                router.register_forward_hook(_make_hook(adapter, layer, layer_edit, session, record), prepend=True)
+            )
+        yield session
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _to_device(e: LayerEdit, device: torch.device) -> LayerEdit:
+    return LayerEdit(
+        None if e.bias is None else e.bias.to(device, torch.float32),
+        e.masked,
+        e.activate,
+        e.deactivate,
+    )
+
+
+def _make_hook(adapter: RouterAdapter, layer: int, layer_edit: LayerEdit | None, session: RoutingSession, record: bool):
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any):
+        if layer_edit is None:
+            if record:  # no recomputation: read what the router did
+                weights, index = adapter.selection(output)
+                logits = adapter.logits(module, inputs, output)
+                session.records.append(
+                    RouterCall(layer, logits.detach().float().cpu(), weights.detach().float().cpu(), index.detach().cpu())
+                )
+            return None
+        logits = adapter.logits(module, inputs, output)  # (N, K)
+        edited = apply_edit(logits, layer_edit)  # (N, K) float32
+        weights, index = adapter.rule(module, edited)
+        if record:
+            session.records.append(
+                RouterCall(layer, edited.detach().cpu(), weights.detach().float().cpu(), index.detach().cpu())
+            )
+        return adapter.repack(output, edited, weights, index)
+
+    return hook
