@@ -60,3 +60,31 @@ def build(arch: str, seed: int = 0):
                 if hasattr(module, "e_score_correction_bias"):
                     module.e_score_correction_bias.copy_(0.05 * torch.randn(module.weight.shape[0], generator=gen))
     return model.eval(), adapter
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level fast tokenizer (no download) that prepends BOS, like the testbed's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(words)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+WORDS = "the a doctor nurse female male old young engineer teacher is was kind . , and of".split()
+
+
+def save_tiny_olmoe(path, seed: int = 0):
+    """Save a tiny OLMoE (widened routers) + word tokenizer with save_pretrained; return the dir."""
+    model, _ = build("OlmoeForCausalLM", seed)
+    tok = word_tokenizer(WORDS)
+    model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = (
+        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from routelab.errors import RoutelabError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # errors stay on one greppable line
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
