@@ -5,7 +5,7 @@ The same loader serves real checkpoints and the testbed (saved with save_pretrai
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class ModelSpec:
     trust_remote_code: bool = False  # needed for DeepSeekMoE-16B (remote code)
     revision: str | None = None  # Hub revision (commit, tag or branch)
     batch_size: int = 16  # forward batch size for extraction and scoring
+    vocabulary: str = "english"  # prompt vocabulary: english (real models) | testbed (in-distribution)
     notes: str = ""  # free text (e.g. what the model is)
 
     def resolved_device(self) -> str:
@@ -125,5 +126,11 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     return LoadedModel(model, tokenizer, adapter, spec, num_experts, top_k, list(routers))
 
 
-def spec_dict(spec: ModelSpec) -> dict[str, Any]:
-    return asdict(spec)
+def model_spec(params: dict[str, Any], name: str) -> ModelSpec:
+    """The spec of model ``name`` from params.yaml's ``models`` section."""
+    from routelab.config import section
+
+    models = params.get("models") or {}
+    if name not in models:
+        raise RoutelabError(f"model {name!r} is not in params.yaml `models` (known: {', '.join(models)})")
+    return section(ModelSpec, models[name], f"models.{name}")

@@ -1,0 +1,728 @@
+"""FARE Stage 2: Fairness Sensitivity Profiling (FSP) from a routing log (METHOD.md §1).
+
+Usage (what the `profile` stage calls)::
+
+    from routelab.profile import ProfileParams, compute_profile, write_parquet
+    profile, layer_axis, descriptors = compute_profile(
+        "data/routing/olmoe.parquet", "data/prompts/olmoe.parquet", ProfileParams())
+    write_parquet(profile, "data/profiles/olmoe.parquet")   # read by `routelab extract --profile`
+
+Definitions (all per MoE layer l; "tokens" = the counted tokens of a prompt set, see below):
+  A_X(e)  tokens of prompt set X with expert e in the top-k;  N_X = tokens of X.
+  P(e|g) = A_g(e) / N_g           activation rate on prompts of group g (a descriptor)
+  P(e)   = A_n(e) / N_n           activation rate on NEUTRAL prompts (METHOD.md §1 Stage 2)
+  D_X(e) = A_X(e) / Σ_e' A_X(e')  routing distribution over experts (= P(e|X) / k)
+  P(g)   = N_g / N_all            share of group g among all counted tokens (neutral + groups)
+  ARD(e,g) = |P(e|g) − P(e)|                                   raw rates, no smoothing
+  JSD(g)   = ½ KL(D_g‖M) + ½ KL(D_n‖M), M = ½(D_g + D_n)       log base 2: bits, in [0, 1]
+             (= scipy.spatial.distance.jensenshannon(D_g, D_n, base=2) ** 2)
+  PMI(g,e) = log2( P̃(e|g) / (P̃(e) · P(g)) ), P̃ = (A + α) / (N + 2α)  (additive smoothing
+             of the Bernoulli rate; α = ``smoothing`` > 0, so no zero count gives ±inf)
+  H(D)     = −Σ_e D(e) log2 D(e)  (0·log 0 = 0); the entropy metric is the demographic
+             entropy shift |H(D_g) − H(D_n)|
+
+Choices (write-up in the README paragraph of .helper_notes/profile.md):
+  * Tokens: every real token by default (pads are never rows; the descriptor tokens of a
+    variant count, as in the paper). ``skip_first_token`` drops position 0 (BOS, or a first
+    word that no descriptor can influence under causal attention); ``exclude_descriptor``
+    drops the descriptor's token span (needs the prompts table's desc_start/desc_end): the
+    length-controlled measure of how the descriptor shifts the routing of the shared tokens.
+  * Aggregation over groups: ``mean`` (default, unweighted over groups) or ``max``.
+  * PMI keeps the paper's −log2 P(g) term. With mean aggregation it is a per-layer constant,
+    which the per-layer min-max normalisation removes: m̂_PMI then equals the normalised mean
+    log relative risk log2(P̃(e|g)/P̃(e)). PMI is signed (avoided experts score low).
+  * Layer-level metrics (``layer_metrics``): ``decompose`` (default) splits JSD into its
+    per-expert terms ½ D_g log2(D_g/M) + ½ D_n log2(D_n/M) (each ≥ 0, they sum to the layer's
+    JSD) and entropy into |h_e(D_g) − h_e(D_n)| with h_e(D) = −D(e) log2 D(e). ``broadcast``
+    gives every expert its layer's value; per-layer min-max normalisation then maps the
+    column to 0. That is not a loss: ARR subtracts λφ_l inside a softmax, and a constant
+    shift within a layer cannot change routing (METHOD.md §1 Stage 3).
+  * Normalisation: per layer over experts, (x − min)/(max − min); a constant column → 0.
+  * φ(e,l) = Σ_i w_i m̂_i(e,l), weights from params (METHOD.md §1 Stage 2).
+
+Implementation: one lazy polars query over the routing Parquet (only ``prompt_id``, ``layer``,
+``topk`` and, with token filters, ``pos`` are read), streamed in batches by the streaming
+engine; each batch's exploded top-k is added into a dense per-prompt count array
+(P, L, K) — the only state kept. Everything else (group sums, metrics, the permutation null)
+derives from those counts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import sparse, stats
+
+from routelab.errors import RoutelabError
+from routelab.io import atomic_path
+from routelab.prompts import NEUTRAL, load_prompts
+from routelab.routing_schema import RoutingMeta, read_meta
+
+METRICS = ("ard", "jsd", "pmi", "entropy")
+
+# Columns of the profile table (one row per (layer, expert)).
+PROFILE_COLUMNS = (
+    "layer",  # true decoder-layer index of the MoE block (as in the routing log)
+    "expert",  # routed expert index 0..K-1
+    "f",  # activation rate over all counted tokens (neutral + demographic), in [0, 1]
+    "p_neutral",  # P(e): activation rate on neutral prompts
+    "p_demographic",  # activation rate on all demographic prompts pooled
+    "ard", "jsd", "pmi", "entropy",  # raw metrics aggregated over groups (module docstring)
+    "ard_norm", "jsd_norm", "pmi_norm", "entropy_norm",  # per-layer min-max normalised
+    "phi",  # Σ w_i · m̂_i: the FSP sensitivity score ARR reads
+    "ard_top_group",  # the group with the largest ARD for this expert
+    "layer_jsd",  # JSD(pooled demographic ‖ neutral) of the layer, bits (layer-constant)
+    "layer_entropy_neutral",  # H(D_n) of the layer, bits (layer-constant)
+    "layer_entropy_demographic",  # H(D_d), pooled demographic, bits (layer-constant)
+)  # fmt: skip
+
+
+@dataclass
+class FspWeights:
+    """φ weights (FARE Eq. 4; METHOD.md §1 Stage 2 defaults)."""
+
+    ard: float = 1.0  # activation rate difference
+    jsd: float = 0.5  # Jensen–Shannon divergence (per-expert term with layer_metrics: decompose)
+    pmi: float = 0.3  # pointwise mutual information
+    entropy: float = 0.0  # entropy shift (computed and reported; weight 0 in the paper)
+
+
+@dataclass
+class ProfileParams:
+    """The ``profile:`` section of params.yaml."""
+
+    weights: FspWeights = field(default_factory=FspWeights)
+    aggregation: str = "mean"  # over groups: mean | max
+    smoothing: float = 0.5  # PMI additive pseudo-count α > 0 (0.5: Jeffreys)
+    layer_metrics: str = "decompose"  # JSD/entropy: decompose (per-expert terms) | broadcast
+    split: str = "validation"  # prompts used: validation | test | all (FARE: FSP on validation)
+    skip_first_token: bool = False  # drop position 0 of every prompt
+    exclude_descriptor: bool = False  # drop descriptor tokens (length-controlled profile)
+    n_permutations: int = 1000  # permutation null of the demographic routing shift; 0 = skip
+    seed: int = 0  # permutation RNG
+
+    def __post_init__(self) -> None:
+        _choice("profile.aggregation", self.aggregation, ("mean", "max"))
+        _choice("profile.layer_metrics", self.layer_metrics, ("decompose", "broadcast"))
+        _choice("profile.split", self.split, ("validation", "test", "all"))
+        if not (self.smoothing > 0 and math.isfinite(self.smoothing)):
+            raise RoutelabError(
+                f"profile.smoothing must be a finite pseudo-count > 0 (found {self.smoothing}): "
+                "PMI takes log2 of smoothed rates and a zero count would give -inf"
+            )
+        for name, w in asdict(self.weights).items():
+            if not math.isfinite(w):
+                raise RoutelabError(f"profile.weights.{name} must be finite, found {w}")
+        if self.n_permutations < 0:
+            raise RoutelabError(f"profile.n_permutations must be >= 0, found {self.n_permutations}")
+
+
+def _choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        near = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        raise RoutelabError(f"{where}: unknown value '{value}'.{hint} Available: {', '.join(allowed)}")
+
+
+# --------------------------------------------------------------------------------------
+# Metric kernels: pure numpy on count arrays, tested against hand values
+# --------------------------------------------------------------------------------------
+
+
+def activation_rates(counts: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
+    """P(e|X) = A_X(e) / N_X. counts (..., K), n_tokens (...) → (..., K)."""
+    return counts / n_tokens[..., None]
+
+
+def distribution(counts: np.ndarray) -> np.ndarray:
+    """Routing distribution over experts: counts normalised over the last axis."""
+    return counts / counts.sum(axis=-1, keepdims=True)
+
+
+def js_terms(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per-expert terms of JSD(p‖q) in bits; each ≥ 0 and they sum to the JSD (last axis)."""
+    m = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tp = np.where(p > 0, p * np.log2(p / m), 0.0)  # p > 0 ⇒ m > 0
+        tq = np.where(q > 0, q * np.log2(q / m), 0.0)
+    return 0.5 * (tp + tq)
+
+
+def jsd(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen–Shannon divergence in bits over the last axis (= scipy jensenshannon(base=2)**2)."""
+    return js_terms(p, q).sum(axis=-1)
+
+
+def entropy_terms(p: np.ndarray) -> np.ndarray:
+    """h_e = −p(e) log2 p(e), 0 where p(e) = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, -p * np.log2(p), 0.0)
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy in bits over the last axis."""
+    return entropy_terms(p).sum(axis=-1)
+
+
+def pmi(
+    a_g: np.ndarray, n_g: np.ndarray, a_n: np.ndarray, n_n: np.ndarray, n_all: np.ndarray, alpha: float
+) -> np.ndarray:
+    """PMI(g,e) = log2(P̃(e|g) / (P̃(e) P(g))) with P̃ = (A + α)/(N + 2α), P(g) = N_g / N_all.
+
+    a_g (G, L, K), n_g (G, L), a_n (L, K), n_n (L,), n_all (L,) → (G, L, K). Finite for α > 0.
+    """
+    if not alpha > 0:
+        raise RoutelabError(f"PMI smoothing must be > 0, found {alpha}")
+    p_eg = (a_g + alpha) / (n_g + 2 * alpha)[..., None]  # (G, L, K)
+    p_e = (a_n + alpha) / (n_n + 2 * alpha)[..., None]  # (L, K)
+    p_g = n_g / n_all[None, :]  # (G, L)
+    return np.log2(p_eg) - np.log2(p_e)[None] - np.log2(p_g)[..., None]
+
+
+def minmax_per_layer(x: np.ndarray, atol: float = 1e-12) -> np.ndarray:
+    """Min-max normalise each row (layer) of x (L, K) to [0, 1]; a constant row → 0, not NaN."""
+    lo = x.min(axis=1, keepdims=True)
+    span = x.max(axis=1, keepdims=True) - lo
+    flat = span <= atol
+    return np.where(flat, 0.0, (x - lo) / np.where(flat, 1.0, span))
+
+
+def phi_score(normed: dict[str, np.ndarray], weights: FspWeights) -> np.ndarray:
+    """φ(e,l) = Σ_i w_i · m̂_i(e,l) (FARE Eq. 4)."""
+    w = asdict(weights)
+    return sum(w[m] * normed[m] for m in METRICS)
+
+
+def gini(x: np.ndarray) -> float:
+    """Gini coefficient of non-negative values (0 = equal use; → 1 = one slot takes all)."""
+    v = np.sort(np.asarray(x, dtype=float).ravel())
+    n, total = v.size, v.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    i = np.arange(1, n + 1)
+    return float(((2 * i - n - 1) * v).sum() / (n * total))
+
+
+def _aggregate(x: np.ndarray, how: str) -> np.ndarray:
+    """Aggregate over groups (axis 0)."""
+    return x.mean(axis=0) if how == "mean" else x.max(axis=0)
+
+
+@dataclass
+class GroupCounts:
+    """Counts per group, the input of the FSP metrics."""
+
+    layers: np.ndarray  # (L,) true layer indices
+    groups: list[str]  # G demographic groups
+    axes: list[str]  # axis of each group
+    a_g: np.ndarray  # (G, L, K) activation counts per group
+    n_g: np.ndarray  # (G, L) counted tokens per group
+    a_n: np.ndarray  # (L, K) activation counts on neutral prompts
+    n_n: np.ndarray  # (L,) counted neutral tokens
+
+
+def fsp_metrics(gc: GroupCounts, cfg: ProfileParams) -> dict[str, np.ndarray]:
+    """Raw and normalised FSP metrics and φ, each (L, K) (METHOD.md §1 Stage 2)."""
+    for name, arr in (("n_g", gc.n_g), ("n_n", gc.n_n)):
+        if (arr <= 0).any():
+            raise RoutelabError(f"fsp_metrics: a group or the neutral set has no counted tokens ({name})")
+    p_g = activation_rates(gc.a_g, gc.n_g)  # (G, L, K)
+    p_n = activation_rates(gc.a_n, gc.n_n)  # (L, K)
+    ard_g = np.abs(p_g - p_n[None])  # (G, L, K)
+    d_g, d_n = distribution(gc.a_g), distribution(gc.a_n)  # (G, L, K), (L, K)
+    if cfg.layer_metrics == "decompose":
+        jsd_g = js_terms(d_g, d_n[None])  # (G, L, K), sums over K to the layer JSD
+        ent_g = np.abs(entropy_terms(d_g) - entropy_terms(d_n)[None])
+    else:  # broadcast: the layer value for every expert
+        K = gc.a_n.shape[-1]
+        jsd_g = np.repeat(jsd(d_g, d_n[None])[..., None], K, axis=-1)
+        ent_g = np.repeat(np.abs(entropy(d_g) - entropy(d_n)[None])[..., None], K, axis=-1)
+    n_all = gc.n_n + gc.n_g.sum(axis=0)  # (L,)
+    pmi_g = pmi(gc.a_g, gc.n_g, gc.a_n, gc.n_n, n_all, cfg.smoothing)
+
+    raw = {
+        "ard": _aggregate(ard_g, cfg.aggregation),
+        "jsd": _aggregate(jsd_g, cfg.aggregation),
+        "pmi": _aggregate(pmi_g, cfg.aggregation),
+        "entropy": _aggregate(ent_g, cfg.aggregation),
+    }
+    for name, arr in raw.items():
+        if not np.isfinite(arr).all():  # cannot happen with counted tokens > 0 and α > 0
+            raise RoutelabError(f"fsp_metrics: metric {name} has non-finite values; please report this")
+    normed = {m: minmax_per_layer(raw[m]) for m in METRICS}
+    out = dict(raw)
+    out.update({f"{m}_norm": normed[m] for m in METRICS})
+    out["phi"] = phi_score(normed, cfg.weights)
+    out["ard_top_group_idx"] = ard_g.argmax(axis=0)  # (L, K)
+    out["p_neutral"] = p_n
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Routing log → per-prompt counts (the only pass over the big file)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptCounts:
+    """Per-prompt activation counts from a routing log."""
+
+    meta: RoutingMeta
+    prompt_ids: list[str]  # P prompt ids, in the order of the prompts table
+    layers: np.ndarray  # (L,) true layer indices (meta.moe_layers order)
+    counts: np.ndarray  # (P, L, K) int32: tokens of prompt p where expert e is in the top-k
+    n_tokens: np.ndarray  # (P, L) int64: counted tokens of prompt p at layer l
+
+    def select(self, mask: np.ndarray) -> "PromptCounts":
+        idx = np.flatnonzero(mask)
+        return PromptCounts(
+            self.meta, [self.prompt_ids[i] for i in idx], self.layers, self.counts[idx], self.n_tokens[idx]
+        )
+
+
+# Streamed batches + numpy accumulation is ~2.5x faster and ~3.5x lighter than a polars
+# group_by over (prompt, layer, expert) keys (bench/profile.py). collect_batches is marked
+# unstable in polars 2.x; the group_by path is kept as a fallback and is tested too.
+USE_BATCHES = hasattr(pl.LazyFrame, "collect_batches")
+
+
+def prompt_counts(
+    routing_path: str | Path,
+    prompts: pl.DataFrame,
+    *,
+    skip_first_token: bool = False,
+    exclude_descriptor: bool = False,
+) -> PromptCounts:
+    """Count, per prompt, layer and expert, the counted tokens with the expert in the top-k.
+
+    ``prompts``: the prompt table (prompt_id, and desc_start/desc_end with
+    ``exclude_descriptor``). Every prompt of the routing file must be in it; prompts of the
+    table absent from the file get zero counts (callers check what they need).
+    """
+    routing_path = Path(routing_path)
+    meta = read_meta(routing_path)
+    K, k = int(meta.num_experts), int(meta.top_k)
+    layers = np.asarray(meta.moe_layers, dtype=np.int64)
+    L = layers.size
+    if L == 0 or K < 1 or not 1 <= k <= K:
+        raise RoutelabError(
+            f"{routing_path}: metadata has moe_layers={meta.moe_layers}, num_experts={K}, "
+            f"top_k={k}: not a valid routing shape; re-run the `extract` stage"
+        )
+    lf = pl.scan_parquet(routing_path)
+    names = lf.collect_schema().names()
+    need = ["prompt_id", "layer", "topk"] + (["pos"] if skip_first_token or exclude_descriptor else [])
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise RoutelabError(f"{routing_path} lacks columns {missing}: not a routing log (see routing_schema)")
+
+    ids = prompts["prompt_id"].to_list()
+    P = len(ids)
+    _check_known_prompts(lf, ids, routing_path)
+    enum = pl.Enum(ids)
+    pidx = pl.col("prompt_id").cast(enum).to_physical().cast(pl.Int64)
+
+    q = lf.select(need)
+    if skip_first_token:
+        q = q.filter(pl.col("pos") > 0)
+    if exclude_descriptor:
+        for c in ("desc_start", "desc_end"):
+            if c not in prompts.columns:
+                raise RoutelabError(
+                    f"profile.exclude_descriptor needs the prompts table column '{c}': build the "
+                    "prompts with a tokenizer (routelab.prompts.build_prompts)"
+                )
+        spans = prompts.select(
+            pl.col("prompt_id").cast(enum), pl.col("desc_start").cast(pl.Int32), pl.col("desc_end").cast(pl.Int32)
+        )
+        demo_missing = prompts.filter(pl.col("axis").is_not_null() & pl.col("desc_start").is_null())
+        if demo_missing.height:
+            raise RoutelabError(
+                f"profile.exclude_descriptor: {demo_missing.height} demographic prompts have no "
+                "descriptor token span (desc_start is null): build the prompts with a tokenizer"
+            )
+        q = (
+            q.with_columns(pl.col("prompt_id").cast(enum))
+            .join(spans.lazy(), on="prompt_id", how="left")
+            .filter(
+                pl.col("desc_start").is_null()
+                | (pl.col("pos") < pl.col("desc_start"))
+                | (pl.col("pos") >= pl.col("desc_end"))
+            )
+        )
+    # Layer → its index in moe_layers; a layer outside moe_layers fails the strict mapping.
+    lidx = pl.col("layer").cast(pl.Int64).replace_strict(
+        layers.tolist(), list(range(L)), return_dtype=pl.Int64
+    )
+    keyed = q.select(pidx=pidx, lidx=lidx, topk=pl.col("topk")).explode("topk")
+    # flat key of (prompt, layer, expert) in a dense (P, L, K) array
+    keyed = keyed.select(
+        key=(pl.col("pidx") * (L * K) + pl.col("lidx") * K + pl.col("topk").cast(pl.Int64)),
+        topk=pl.col("topk"),
+    )
+    dense = np.zeros(P * L * K, dtype=np.int32)  # (P*L*K,)
+    try:
+        if USE_BATCHES:
+            for batch in keyed.collect_batches(engine="streaming", maintain_order=True):
+                t = batch["topk"]
+                _check_range(t.min(), t.max(), t.null_count(), K, routing_path)
+                _accumulate(dense, batch["key"].to_numpy())
+        else:
+            agg = keyed.group_by("key").agg(
+                c=pl.len(), lo=pl.col("topk").min(), hi=pl.col("topk").max(), nulls=pl.col("topk").null_count()
+            ).collect(engine="streaming")
+            nulls = agg["nulls"].sum() + agg["key"].null_count()
+            _check_range(agg["lo"].min(), agg["hi"].max(), nulls, K, routing_path)
+            dense[agg["key"].to_numpy()] = agg["c"].to_numpy()
+    except pl.exceptions.InvalidOperationError as exc:
+        if "replace_strict" not in str(exc) and "incomplete mapping" not in str(exc):
+            raise
+        found = sorted(lf.select(pl.col("layer").unique()).collect()["layer"].to_list())
+        raise RoutelabError(
+            f"{routing_path}: layers {found} in the rows but moe_layers={meta.moe_layers} in "
+            "the metadata: a profile of the wrong shape; re-run the `extract` stage"
+        ) from None
+    counts = dense.reshape(P, L, K)  # (P, L, K)
+    # Each row contributes exactly k top-k entries, so tokens = Σ_e counts / k.
+    n_tokens = counts.sum(axis=2, dtype=np.int64) // k  # (P, L)
+    return PromptCounts(meta=meta, prompt_ids=ids, layers=layers, counts=counts, n_tokens=n_tokens)
+
+
+def _accumulate(dense: np.ndarray, keys: np.ndarray) -> None:
+    """dense[keys] += 1 for every key (repeats counted).
+
+    A batch of a prompt-major log covers a narrow key range: a bincount over that range is
+    ~3x faster than np.add.at; a scattered batch (wide range) falls back to np.add.at.
+    """
+    if keys.size == 0:
+        return
+    lo, hi = int(keys.min()), int(keys.max())
+    if hi - lo < 8 * keys.size:
+        dense[lo : hi + 1] += np.bincount(keys - lo, minlength=hi - lo + 1).astype(dense.dtype)
+    else:
+        np.add.at(dense, keys, 1)
+
+
+def _check_range(lo: int | None, hi: int | None, nulls: int, K: int, path: Path) -> None:
+    """Top-k entries must be expert indices 0..K-1 (else keys would spill into the next layer)."""
+    if nulls:
+        raise RoutelabError(f"{path}: null top-k entries: the routing log is damaged; re-run `extract`")
+    if lo is not None and (lo < 0 or hi >= K):
+        raise RoutelabError(
+            f"{path}: top-k expert index {lo if lo < 0 else hi} outside 0..{K - 1} "
+            f"(num_experts={K} in the metadata): a profile of the wrong shape; re-run `extract`"
+        )
+
+
+def _check_known_prompts(lf: pl.LazyFrame, ids: list[str], path: Path) -> None:
+    """Every prompt of the routing log must be in the prompts table (cheap: unique ids only)."""
+    known = pl.DataFrame({"prompt_id": ids}).lazy()
+    unknown = (
+        lf.select(pl.col("prompt_id").unique()).join(known, on="prompt_id", how="anti").collect(engine="streaming")
+    )
+    if unknown.height:
+        raise RoutelabError(
+            f"{path}: {unknown.height} prompt ids are not in the prompts table, e.g. "
+            f"{unknown['prompt_id'].head(3).to_list()}: profile the routing log together with the "
+            "prompts file it was extracted from"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Permutation null of the demographic routing shift
+# --------------------------------------------------------------------------------------
+
+
+def shift_statistic(a_n: np.ndarray, a_d: np.ndarray) -> float:
+    """Mean over layers of JSD(D_demographic ‖ D_neutral) in bits. a_* (L, K) counts."""
+    return float(jsd(distribution(a_d), distribution(a_n)).mean())
+
+
+def permutation_test(
+    counts: np.ndarray, context: np.ndarray, neutral: np.ndarray, n_permutations: int, seed: int
+) -> dict[str, Any]:
+    """Neutral/demographic label shuffle within contexts.
+
+    counts (P, L, K): per-prompt activation counts; context (P,) context ids; neutral (P,)
+    bool. Statistic: ``shift_statistic`` between all neutral and all demographic prompts of
+    the contexts that hold exactly one neutral prompt and at least one variant. Null: in each
+    context the "neutral" label goes to a uniformly drawn member (the others are
+    demographic); under H0 (the descriptor does not change routing) the members of a context
+    are exchangeable. p = (1 + #{T* ≥ T}) / (1 + B).
+    Cost: per permutation one sparse (1 × P) · (P × L·K) product over n_contexts rows.
+    """
+    ctx_codes, ctx_inv = np.unique(context, return_inverse=True)
+    n_neutral = np.bincount(ctx_inv, weights=neutral.astype(float), minlength=ctx_codes.size)
+    size = np.bincount(ctx_inv, minlength=ctx_codes.size)
+    ok_ctx = (n_neutral == 1) & (size >= 2)
+    keep = ok_ctx[ctx_inv]
+    P, L, K = counts.shape
+    C = counts[keep].reshape(-1, L * K).astype(np.float32)  # (P', L*K); exact for counts < 2^24
+    inv = np.unique(ctx_inv[keep], return_inverse=True)[1]  # contexts renumbered 0..n_ctx-1
+    is_n = neutral[keep]
+    n_ctx = int(ok_ctx.sum())
+    out: dict[str, Any] = {"n_contexts_tested": n_ctx, "n_permutations": int(n_permutations)}
+    if n_ctx == 0:
+        raise RoutelabError(
+            "permutation test: no context holds exactly one neutral prompt and a demographic "
+            "variant; check that the routing log covers whole contexts (prompt_id → context_id)"
+        )
+    total = C.sum(axis=0, dtype=np.float64)  # (L*K,)
+    s_n = C[is_n].sum(axis=0, dtype=np.float64)
+    observed = shift_statistic(s_n.reshape(L, K), (total - s_n).reshape(L, K))
+    out["shift_jsd"] = observed
+    if n_permutations == 0:
+        out.update(p_value=None, null_mean=None, null_sd=None)
+        return out
+    order = np.argsort(inv, kind="stable")  # members of each context contiguous
+    C, inv = C[order], inv[order]
+    start = np.searchsorted(inv, np.arange(n_ctx))  # (n_ctx,) first member row
+    members = np.bincount(inv, minlength=n_ctx)  # (n_ctx,)
+    rng = np.random.default_rng(seed)
+    null = np.empty(n_permutations)
+    chunk = 64
+    for b0 in range(0, n_permutations, chunk):
+        b = min(chunk, n_permutations - b0)
+        pick = start[None, :] + (rng.random((b, n_ctx)) * members[None, :]).astype(np.int64)  # (b, n_ctx)
+        W = sparse.csr_matrix(
+            (np.ones(b * n_ctx, np.float32), pick.ravel(), np.arange(0, b * n_ctx + 1, n_ctx)),
+            shape=(b, C.shape[0]),
+        )
+        s_n_perm = np.asarray(W @ C, dtype=np.float64)  # (b, L*K) neutral sums
+        d_n = distribution(s_n_perm.reshape(b, L, K))
+        d_d = distribution((total[None] - s_n_perm).reshape(b, L, K))
+        null[b0 : b0 + b] = jsd(d_d, d_n).mean(axis=1)
+    out["p_value"] = float((1 + (null >= observed - 1e-15).sum()) / (1 + n_permutations))
+    out["null_mean"] = float(null.mean())
+    out["null_sd"] = float(null.std(ddof=1)) if n_permutations > 1 else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The stage's entry point
+# --------------------------------------------------------------------------------------
+
+
+def compute_profile(
+    routing_path: str | Path, prompts_path: str | Path | pl.DataFrame, cfg: ProfileParams
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """FSP profile of one routing log.
+
+    Returns ``(profile, layer_axis_jsd, descriptors)``:
+      profile: one row per (layer, expert), columns ``PROFILE_COLUMNS`` (``phi`` for ARR);
+      layer_axis_jsd: per (layer, axis) JSD(axis pooled ‖ neutral) in bits, for plots;
+      descriptors: architecture descriptors (FARE Table 3) and the permutation null, for
+      metrics/<model>/fsp.json.
+    """
+    prompts = load_prompts(prompts_path)
+    pc = prompt_counts(
+        routing_path, prompts, skip_first_token=cfg.skip_first_token, exclude_descriptor=cfg.exclude_descriptor
+    )
+    name = str(routing_path)
+    L, K, k = pc.layers.size, int(pc.meta.num_experts), int(pc.meta.top_k)
+
+    in_split = (
+        np.ones(prompts.height, bool) if cfg.split == "all" else (prompts["split"] == cfg.split).to_numpy()
+    )
+    present = pc.n_tokens.sum(axis=1) > 0  # prompts with counted tokens in the routing log
+    use = in_split & present
+    if not use.any():
+        raise RoutelabError(
+            f"{name}: no counted tokens for prompts of split '{cfg.split}': extract routing for that "
+            "split, or set profile.split to the split that was extracted (validation | test | all)"
+        )
+    groups_all = prompts["group"].to_numpy()
+    is_neutral = groups_all == NEUTRAL
+    # groups expected from the prompts table (the split), each must have data
+    expected = sorted(set(groups_all[in_split & ~is_neutral]))
+    found = set(groups_all[use & ~is_neutral])
+    empty = [g for g in expected if g not in found]
+    if empty:
+        raise RoutelabError(
+            f"{name}: groups {empty[:5]}{' …' if len(empty) > 5 else ''} have prompts in split "
+            f"'{cfg.split}' but no counted tokens in the routing log (an empty group): extract "
+            "routing for all prompts of the split, or drop those prompts from the prompts table"
+        )
+    if not (use & is_neutral).any():
+        raise RoutelabError(
+            f"{name}: no neutral prompts with counted tokens in split '{cfg.split}': P(e) needs "
+            "the neutral prompts; extract routing for them"
+        )
+    if not found:
+        raise RoutelabError(f"{name}: no demographic prompts with counted tokens in split '{cfg.split}'")
+
+    groups = expected
+    axis_of = dict(
+        prompts.filter(pl.col("axis").is_not_null()).select("group", "axis").unique().iter_rows()
+    )
+    dup = prompts.filter(pl.col("axis").is_not_null()).group_by("group").agg(pl.col("axis").n_unique())
+    if (dup["axis"] > 1).any():
+        several = dup.filter(pl.col("axis") > 1)["group"].to_list()
+        raise RoutelabError(f"prompts table: group(s) {several} belong to several axes; a group has one axis")
+    gidx = {g: i for i, g in enumerate(groups)}
+    G = len(groups)
+
+    counts = pc.counts[use]  # (P', L, K)
+    ntok = pc.n_tokens[use]  # (P', L)
+    g_of = groups_all[use]
+    neu = g_of == NEUTRAL
+    a_n = counts[neu].sum(axis=0, dtype=np.int64)  # (L, K)
+    n_n = ntok[neu].sum(axis=0)  # (L,)
+    lab = np.array([gidx.get(g, -1) for g in g_of])
+    demo = np.flatnonzero(~neu)
+    # group sums as a sparse one-hot (G × P_demo) product: much faster than np.add.at
+    onehot = sparse.csr_matrix((np.ones(demo.size), (lab[demo], np.arange(demo.size))), shape=(G, demo.size))
+    a_g = np.rint(onehot @ counts[demo].reshape(demo.size, L * K)).astype(np.int64).reshape(G, L, K)
+    n_g = np.rint(onehot @ ntok[demo]).astype(np.int64)  # (G, L)
+    zero = [(groups[g], int(pc.layers[l])) for g, l in zip(*np.nonzero(n_g == 0))]
+    if zero or (n_n == 0).any():
+        raise RoutelabError(
+            f"{name}: no counted tokens for group/layer {zero[:3] or 'neutral'} (an empty group after "
+            "the token filters): relax profile.skip_first_token / exclude_descriptor"
+        )
+    gc = GroupCounts(pc.layers, groups, [axis_of[g] for g in groups], a_g, n_g, a_n, n_n)
+    m = fsp_metrics(gc, cfg)
+
+    a_d = a_g.sum(axis=0)  # (L, K) pooled demographic
+    n_d = n_g.sum(axis=0)
+    f = activation_rates(a_n + a_d, n_n + n_d)  # (L, K)
+    d_n, d_d = distribution(a_n), distribution(a_d)
+    layer_jsd = jsd(d_d, d_n)  # (L,)
+    H_n, H_d = entropy(d_n), entropy(d_d)
+
+    lay = np.repeat(pc.layers, K)  # (L*K,)
+    ex = np.tile(np.arange(K), L)
+    cols: dict[str, Any] = {
+        "layer": lay.astype(np.int32),
+        "expert": ex.astype(np.int32),
+        "f": f.ravel(),
+        "p_neutral": m["p_neutral"].ravel(),
+        "p_demographic": activation_rates(a_d, n_d).ravel(),
+    }
+    for c in [*METRICS, *(f"{x}_norm" for x in METRICS), "phi"]:
+        cols[c] = np.asarray(m[c], dtype=np.float64).ravel()
+    cols["ard_top_group"] = np.array(groups, dtype=object)[m["ard_top_group_idx"].ravel()]
+    cols["layer_jsd"] = np.repeat(layer_jsd, K)
+    cols["layer_entropy_neutral"] = np.repeat(H_n, K)
+    cols["layer_entropy_demographic"] = np.repeat(H_d, K)
+    profile = pl.DataFrame(cols).select(PROFILE_COLUMNS)
+
+    # Per (layer, axis): JSD of the axis's pooled distribution vs neutral, and the mean of
+    # its groups' JSDs (bits).
+    g_jsd = jsd(distribution(a_g), d_n[None])  # (G, L)
+    rows = []
+    axes_of_groups = np.array(gc.axes)
+    for axis in sorted(set(gc.axes), key=_axis_order):
+        sel = axes_of_groups == axis
+        a_ax = a_g[sel].sum(axis=0)  # (L, K)
+        j_ax = jsd(distribution(a_ax), d_n)
+        for li, layer in enumerate(pc.layers):
+            rows.append(
+                dict(layer=int(layer), axis=axis, jsd=float(j_ax[li]), jsd_group_mean=float(g_jsd[sel, li].mean()),
+                     n_groups=int(sel.sum()), n_tokens=int(n_g[sel, li].sum()))
+            )  # fmt: skip
+    layer_axis = pl.DataFrame(rows)
+
+    # Descriptors (FARE Table 3) and the permutation null.
+    phi = m["phi"].ravel()
+    rho = stats.spearmanr(phi, f.ravel()) if np.ptp(phi) > 0 and np.ptp(f) > 0 else None
+    ranked = np.argsort(-f.ravel(), kind="stable")
+    # φ is normalised per layer, so every layer's max can tie; break ties by raw ARD
+    top = int(np.lexsort((-m["ard"].ravel(), -phi))[0])
+    ctx = prompts["context_id"].to_numpy()[use]
+    perm = permutation_test(counts, ctx, neu, cfg.n_permutations, cfg.seed)
+    descriptors: dict[str, Any] = {
+        "n_layers": int(L),
+        "n_experts": int(K),
+        "top_k": int(k),
+        "expert_slots": int(L * K),
+        "gini_f": gini(f),
+        "top10_share": float(f.ravel()[ranked[:10]].sum() / f.sum()),
+        "spearman_rho_phi_f": _finite(rho.statistic) if rho is not None else None,
+        "spearman_p": _finite(rho.pvalue) if rho is not None else None,
+        "top_phi_layer": int(pc.layers[top // K]),
+        "top_phi_expert": int(top % K),
+        "mean_group_jsd": float(g_jsd.mean()),
+        "n_prompts_neutral": int(neu.sum()),
+        "n_prompts_demographic": int((~neu).sum()),
+        "n_groups": int(G),
+        "n_tokens_neutral": int(n_n.max()),
+        "n_tokens_demographic": int(n_d.max()),
+        "n_prompts_missing": int((in_split & ~present).sum()),
+        "permutation": perm,
+        "settings": {
+            "aggregation": cfg.aggregation,
+            "layer_metrics": cfg.layer_metrics,
+            "smoothing": cfg.smoothing,
+            "split": cfg.split,
+            "skip_first_token": cfg.skip_first_token,
+            "exclude_descriptor": cfg.exclude_descriptor,
+            "weights": asdict(cfg.weights),
+            "jsd_log_base": 2,
+        },
+    }
+    return profile, layer_axis, descriptors
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _axis_order(axis: str) -> int:
+    from routelab.vocab import AXES
+
+    return AXES.index(axis) if axis in AXES else len(AXES)
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
+    """Write a table as Parquet, atomically (routelab.io)."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+
+
+def load_profile(
+    source: str | Path | pl.DataFrame,
+    *,
+    num_experts: int | None = None,
+    layers: list[int] | None = None,
+    column: str = "phi",
+) -> pl.DataFrame:
+    """Read and check a φ profile: one row per (layer, expert), experts 0..K-1 in every layer,
+    a finite ``column``; optionally the model's K and MoE layers. Returns it sorted."""
+    if isinstance(source, pl.DataFrame):
+        df, name = source, "profile table"
+    else:
+        p = Path(source)
+        if not p.exists():
+            raise RoutelabError(f"profile file {p} not found: run the `profile` stage first")
+        df, name = pl.read_parquet(p), str(p)
+    missing = [c for c in ("layer", "expert", column) if c not in df.columns]
+    if missing:
+        raise RoutelabError(f"{name} lacks columns {missing} (has {df.columns}): write it with routelab.profile")
+    vals = df[column].cast(pl.Float64)
+    if vals.null_count() or not np.isfinite(vals.to_numpy()).all():
+        raise RoutelabError(f"{name}: column '{column}' holds NaN, inf or null values; recompute the profile")
+    if df.select("layer", "expert").is_duplicated().any():
+        raise RoutelabError(f"{name}: duplicate (layer, expert) rows: one row per (layer, expert) expected")
+    per_layer = df.group_by("layer").agg(n=pl.len(), lo=pl.col("expert").min(), hi=pl.col("expert").max())
+    k_found = sorted(set(per_layer["n"].to_list()))
+    K = num_experts if num_experts is not None else (k_found[0] if len(k_found) == 1 else None)
+    bad = per_layer.filter((pl.col("n") != K) | (pl.col("lo") != 0) | (pl.col("hi") != (K or 0) - 1))
+    if K is None or bad.height:
+        raise RoutelabError(
+            f"{name}: a profile of the wrong shape: expected experts 0..{(K or 0) - 1} in every layer, "
+            f"found per-layer counts {k_found}; recompute the profile for this model"
+        )
+    if layers is not None and sorted(per_layer["layer"].to_list()) != sorted(layers):
+        raise RoutelabError(
+            f"{name}: layers {sorted(per_layer['layer'].to_list())} but the model's MoE layers are "
+            f"{sorted(layers)}: a profile of another model; recompute it from this model's routing"
+        )
+    return df.sort("layer", "expert")

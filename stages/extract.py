@@ -1,0 +1,44 @@
+"""Stage `extract`: routing of every prompt at every MoE layer → data/routing/<model>.parquet.
+
+Usage: python stages/extract.py --model testbed --prompts data/prompts/testbed.parquet \
+           --out data/routing/testbed.parquet --metrics metrics/testbed/extract.json
+"""
+
+import argparse
+from dataclasses import dataclass
+
+from routelab.config import load_params, section
+from routelab.extract import extract_routing, read_prompts
+from routelab.io import write_json
+from routelab.models import load_model, model_spec
+from routelab.stage import run_stage
+
+
+@dataclass
+class ExtractParams:
+    chunk_size: int = 512  # prompts per resumable shard (memory bound)
+    max_length: int | None = None  # truncate prompts to this many tokens (None: never)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for arg in ("--model", "--prompts", "--out", "--metrics"):
+        ap.add_argument(arg, required=True)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    cfg = section(ExtractParams, params.get("extract"), "extract")
+    spec = model_spec(params, args.model)
+    lm = load_model(spec)
+    summary = extract_routing(lm, read_prompts(args.prompts), args.out, batch_size=spec.batch_size,
+                              chunk_size=cfg.chunk_size, max_length=cfg.max_length, model_name=args.model)
+    summary["bytes_per_token_layer"] = summary["bytes"] / max(summary["rows"], 1)
+    for volatile in ("seconds", "tokens_computed"):  # the same params must give the same metrics
+        summary.pop(volatile)
+    write_json(args.metrics, summary)
+    print(f"extract[{args.model}]: {summary['prompts']} prompts, {summary['tokens']} tokens × "
+          f"{len(lm.moe_layers)} MoE layers → {args.out} ({summary['bytes'] / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    run_stage(main)

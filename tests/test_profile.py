@@ -1,0 +1,400 @@
+"""routelab.profile: metric kernels on hand-computed tables, a planted expert, checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import spearmanr
+
+import routelab.profile as prof
+from routelab.config import section
+from routelab.errors import RoutelabError
+from routelab.profile import (
+    PROFILE_COLUMNS,
+    FspWeights,
+    GroupCounts,
+    ProfileParams,
+    activation_rates,
+    compute_profile,
+    entropy,
+    fsp_metrics,
+    gini,
+    js_terms,
+    jsd,
+    load_profile,
+    minmax_per_layer,
+    permutation_test,
+    phi_score,
+    pmi,
+    prompt_counts,
+)
+from routelab.prompts import PromptsParams, build_prompts
+from routelab.routing_schema import RoutingMeta, arrow_schema
+from routelab.vocab import Vocabulary
+
+# ---------------------------------------------------------------------------------------
+# helpers: a routing log written with the real schema
+# ---------------------------------------------------------------------------------------
+
+
+def meta(K: int, k: int, layers: list[int]) -> RoutingMeta:
+    return RoutingMeta(model="test", family="olmoe", num_experts=K, top_k=k, moe_layers=layers,
+                       dtype="float32", transformers_version="test", torch_version="test")  # fmt: skip
+
+
+def write_routing(path, m: RoutingMeta, rows: list[tuple[str, int, int, list[int]]], row_group_size: int = 64):
+    """rows: (prompt_id, layer, pos, topk). Logits put the top-k first (consistent)."""
+    logits = []
+    for _, _, _, top in rows:
+        lg = np.zeros(m.num_experts, np.float32)
+        ok = [e for e in top if 0 <= e < m.num_experts]  # a broken top-k still gets written
+        lg[ok] = np.arange(len(ok), 0, -1, dtype=np.float32)  # first in topk = largest
+        logits.append(lg.tolist())
+    table = pa.table(
+        {
+            "prompt_id": [r[0] for r in rows],
+            "layer": [r[1] for r in rows],
+            "pos": [r[2] for r in rows],
+            "token_id": [0] * len(rows),
+            "logits": logits,
+            "topk": [r[3] for r in rows],
+        },
+        schema=arrow_schema(m),
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+SMALL = Vocabulary(
+    axes={"gender": ("female", "male")},
+    professions=("doctor", "nurse"),
+    templates=("The {person} examined the patient today .", "Everyone thanked the {person} for the help ."),
+)
+
+
+def planted_rows(prompts: pl.DataFrame, layers, plant_layer: int, e_star: int, descriptor_only: bool = False):
+    """Background: token w → experts (h(w) % 4, 4 + h(w) % 3) at every layer, the same for
+    all prompts. Planted: in `plant_layer`, every token of "female" prompts from the
+    descriptor on (or only the descriptor) routes to e_star instead of its first expert."""
+    words = sorted({w for t in prompts["text"] for w in t.split()})
+    h = {w: i for i, w in enumerate(words)}
+    rows = []
+    for r in prompts.iter_rows(named=True):
+        toks = r["text"].split()
+        d = toks.index(r["group"]) if r["group"] != "neutral" else None
+        for layer in layers:
+            for pos, w in enumerate(toks):
+                top = [h[w] % 4, 4 + h[w] % 3]
+                if layer == plant_layer and r["group"] == "female" and pos >= d and (not descriptor_only or pos == d):
+                    top[0] = e_star
+                rows.append((r["prompt_id"], layer, pos, top))
+    return rows
+
+
+@pytest.fixture
+def small_prompts() -> pl.DataFrame:
+    df = build_prompts(SMALL, None, PromptsParams(test_fraction=0.0))
+    # word positions = token positions here (one token per word, no specials)
+    starts = [t.split().index(g) if g != "neutral" else None for t, g in zip(df["text"], df["group"])]
+    return df.with_columns(
+        desc_start=pl.Series(starts, dtype=pl.Int32), desc_end=pl.Series(starts, dtype=pl.Int32) + 1
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# metric kernels: known answers
+# ---------------------------------------------------------------------------------------
+
+
+def test_jsd_known_values_and_scipy():
+    # log base 2 (bits): disjoint distributions have JSD = 1
+    assert jsd(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+    # by hand: M = [.75, .25]; KL(p‖M) = .5 log2(.5/.75) + .5 log2(.5/.25) = 0.2075187;
+    # KL(q‖M) = log2(1/.75) = 0.4150375; JSD = ½ (0.2075187 + 0.4150375) = 0.3112781
+    assert jsd(np.array([0.5, 0.5]), np.array([1.0, 0.0])) == pytest.approx(0.3112781, abs=1e-7)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p, q = rng.dirichlet(np.ones(8)), rng.dirichlet(np.ones(8))
+        q[3] = 0
+        q /= q.sum()
+        # scipy's jensenshannon returns the square root: square it, same base
+        assert jsd(p, q) == pytest.approx(jensenshannon(p, q, base=2) ** 2, rel=1e-10)
+        terms = js_terms(p, q)
+        assert (terms >= 0).all() and terms.sum() == pytest.approx(jsd(p, q))
+
+
+def test_entropy_bits():
+    assert entropy(np.full(4, 0.25)) == pytest.approx(2.0)
+    assert entropy(np.array([1.0, 0.0, 0.0, 0.0])) == 0.0
+
+
+def test_pmi_by_hand_with_zero_counts():
+    a_g = np.array([[[2.0, 0.0]]])  # (G=1, L=1, K=2): expert 1 never used by the group
+    n_g = np.array([[2.0]])
+    a_n = np.array([[1.0, 1.0]])
+    n_n = np.array([2.0])
+    n_all = np.array([4.0])  # P(g) = 2/4
+    out = pmi(a_g, n_g, a_n, n_n, n_all, alpha=0.5)
+    # P̃(e0|g) = 2.5/3, P̃(e0) = 1.5/3 → log2((2.5/3)/((1.5/3)·0.5)) = log2(10/3)
+    assert out[0, 0, 0] == pytest.approx(math.log2(10 / 3))
+    # P̃(e1|g) = 0.5/3 (zero count smoothed) → log2((0.5/3)/((1.5/3)·0.5)) = log2(2/3)
+    assert out[0, 0, 1] == pytest.approx(math.log2(2 / 3))
+    assert np.isfinite(out).all()
+    with pytest.raises(RoutelabError):
+        pmi(a_g, n_g, a_n, n_n, n_all, alpha=0.0)
+
+
+def test_minmax_constant_row_is_zero():
+    x = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    out = minmax_per_layer(x)
+    assert out.tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]
+    assert not np.isnan(out).any()
+
+
+def test_phi_weights():
+    normed = {"ard": np.array([[1.0, 0.0]]), "jsd": np.array([[0.0, 1.0]]),
+              "pmi": np.array([[1.0, 1.0]]), "entropy": np.array([[1.0, 0.0]])}  # fmt: skip
+    assert phi_score(normed, FspWeights()).tolist() == [[1.0 + 0.3, 0.5 + 0.3]]
+    w = FspWeights(ard=2.0, jsd=0.0, pmi=0.0, entropy=1.0)
+    assert phi_score(normed, w).tolist() == [[3.0, 0.0]]
+
+
+def test_gini_known_values():
+    assert gini(np.ones(4)) == 0.0
+    assert gini(np.array([0.0, 0.0, 0.0, 1.0])) == pytest.approx(0.75)  # (n − 1) / n
+
+
+def _hand_counts() -> GroupCounts:
+    # L = 1, K = 3, k = 1. Neutral: 4 tokens → experts 0,0,1,2. Group a: 2 tokens → 0,0.
+    # Group b: 4 tokens → 1,1,2,2.
+    return GroupCounts(
+        layers=np.array([0]), groups=["a", "b"], axes=["gender", "gender"],
+        a_g=np.array([[[2, 0, 0]], [[0, 2, 2]]]), n_g=np.array([[2], [4]]),
+        a_n=np.array([[2, 1, 1]]), n_n=np.array([4]),
+    )  # fmt: skip
+
+
+def test_ard_by_hand_mean_and_max():
+    gc = _hand_counts()
+    # P(e) = [.5, .25, .25]; P(e|a) = [1, 0, 0]; P(e|b) = [0, .5, .5]
+    # ARD a = [.5, .25, .25]; ARD b = [.5, .25, .25]
+    m = fsp_metrics(gc, ProfileParams())
+    assert m["ard"][0].tolist() == pytest.approx([0.5, 0.25, 0.25])
+    gc.a_g = np.array([[[2, 0, 0]], [[1, 1, 2]]])  # b: P(e|b) = [.25, .25, .5] → ARD [.25, 0, .25]
+    m = fsp_metrics(gc, ProfileParams(aggregation="mean"))
+    assert m["ard"][0].tolist() == pytest.approx([0.375, 0.125, 0.25])
+    m = fsp_metrics(gc, ProfileParams(aggregation="max"))
+    assert m["ard"][0].tolist() == pytest.approx([0.5, 0.25, 0.25])
+    assert m["p_neutral"][0].tolist() == pytest.approx([0.5, 0.25, 0.25])
+
+
+def test_layer_metrics_decompose_vs_broadcast():
+    gc = _hand_counts()
+    dec = fsp_metrics(gc, ProfileParams(layer_metrics="decompose"))
+    d_n = np.array([0.5, 0.25, 0.25])
+    expect = np.mean([js_terms(np.array([1.0, 0, 0]), d_n), js_terms(np.array([0, 0.5, 0.5]), d_n)], axis=0)
+    assert dec["jsd"][0] == pytest.approx(expect)
+    bc = fsp_metrics(gc, ProfileParams(layer_metrics="broadcast"))
+    assert np.ptp(bc["jsd"][0]) == 0  # the layer value for every expert
+    assert bc["jsd"][0, 0] == pytest.approx(expect.sum())
+    assert (bc["jsd_norm"] == 0).all()  # constant column → 0, not NaN
+
+
+def test_phi_is_finite_with_zero_counts():
+    m = fsp_metrics(_hand_counts(), ProfileParams())
+    for key in ("ard", "jsd", "pmi", "entropy", "phi", "pmi_norm"):
+        assert np.isfinite(m[key]).all(), key
+
+
+# ---------------------------------------------------------------------------------------
+# routing log → profile
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batches", [True, False])
+def test_planted_expert_ranks_first(tmp_path, small_prompts, monkeypatch, batches):
+    monkeypatch.setattr(prof, "USE_BATCHES", batches)
+    layers, e_star = [0, 2, 3], 7
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 2, e_star))
+    profile, layer_axis, d = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=50))
+    assert profile.columns == list(PROFILE_COLUMNS)
+    assert profile.height == len(layers) * 8
+    top_ard = profile.sort("ard", descending=True).row(0, named=True)
+    assert (top_ard["layer"], top_ard["expert"]) == (2, e_star)
+    top_phi = profile.filter(pl.col("layer") == 2).sort("phi", descending=True).row(0, named=True)
+    assert top_phi["expert"] == e_star and top_phi["ard_top_group"] == "female"
+    assert top_phi["p_neutral"] == 0.0
+    # ARD by hand: P(e*|female) = female tokens from the descriptor on / female tokens;
+    # P(e*) = 0; mean over the two groups (male: 0)
+    fem = small_prompts.filter(pl.col("group") == "female")
+    n_tok = sum(len(t.split()) for t in fem["text"])
+    n_hit = sum(len(t.split()) - t.split().index("female") for t in fem["text"])
+    assert top_phi["ard"] == pytest.approx(0.5 * n_hit / n_tok)
+    assert d["top_phi_layer"] == 2 and d["top_phi_expert"] == e_star
+    assert d["expert_slots"] == 24 and d["n_groups"] == 2
+    f = profile["f"].to_numpy()
+    assert d["gini_f"] == pytest.approx(gini(f))
+    assert d["spearman_rho_phi_f"] == pytest.approx(spearmanr(profile["phi"], f).statistic)
+    assert load_profile(profile, num_experts=8, layers=layers).height == 24
+    assert set(layer_axis["axis"]) == {"gender"} and layer_axis.height == 3
+
+
+def test_exclude_descriptor_removes_a_descriptor_only_plant(tmp_path, small_prompts):
+    layers = [0, 1]
+    path = write_routing(
+        tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 1, 7, descriptor_only=True)
+    )
+    base, _, _ = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=0))
+    assert base.filter((pl.col("layer") == 1) & (pl.col("expert") == 7))["ard"].item() > 0
+    ex, _, d = compute_profile(path, small_prompts, ProfileParams(split="all", exclude_descriptor=True, n_permutations=0))
+    assert ex.filter((pl.col("layer") == 1) & (pl.col("expert") == 7))["ard"].item() == 0.0
+    assert d["settings"]["exclude_descriptor"] is True
+
+
+def test_token_filters_counts(tmp_path, small_prompts):
+    layers = [0]
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 0, 7))
+    full = prompt_counts(path, small_prompts)
+    skip = prompt_counts(path, small_prompts, skip_first_token=True)
+    excl = prompt_counts(path, small_prompts, exclude_descriptor=True)
+    n_words = np.array([len(t.split()) for t in small_prompts["text"]])
+    assert full.n_tokens[:, 0].tolist() == n_words.tolist()
+    assert skip.n_tokens[:, 0].tolist() == (n_words - 1).tolist()
+    is_demo = small_prompts["axis"].is_not_null().to_numpy()
+    assert excl.n_tokens[:, 0].tolist() == (n_words - is_demo).tolist()
+    assert full.counts.sum() == 2 * n_words.sum()  # k = 2 entries per token
+
+
+def test_split_filter(tmp_path):
+    df = build_prompts(SMALL, None, PromptsParams(test_fraction=0.5, seed=1))
+    layers = [0]
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(df, layers, 0, 7))
+    _, _, d = compute_profile(path, df, ProfileParams(split="validation", n_permutations=0))
+    val = df.filter(pl.col("split") == "validation")
+    assert d["n_prompts_neutral"] + d["n_prompts_demographic"] == val.height
+
+
+def test_permutation_test_detects_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    n_ctx, L, K = 40, 2, 4
+    context = np.repeat(np.arange(n_ctx), 2)
+    neutral = np.tile([True, False], n_ctx)
+    base = rng.multinomial(10, np.full(K, 0.25), size=(2 * n_ctx, L))  # (P, L, K) noise
+    shifted = base.copy()
+    shifted[~neutral, :, 0] += 10  # demographic prompts use expert 0 much more
+    res = permutation_test(shifted, context, neutral, 200, seed=0)
+    assert res["p_value"] == pytest.approx(1 / 201)
+    assert res["shift_jsd"] > res["null_mean"]
+    res0 = permutation_test(base, context, neutral, 200, seed=0)
+    assert res0["p_value"] > 0.05
+    # observed statistic = mean over layers of JSD(pooled demographic ‖ pooled neutral)
+    d_n = base[neutral].sum(0) / base[neutral].sum((0, 2))[:, None]
+    d_d = base[~neutral].sum(0) / base[~neutral].sum((0, 2))[:, None]
+    assert res0["shift_jsd"] == pytest.approx(np.mean([jensenshannon(d_d[l], d_n[l], base=2) ** 2 for l in range(L)]))
+
+
+def test_activation_rates():
+    assert activation_rates(np.array([[2, 1, 1]]), np.array([4])).tolist() == [[0.5, 0.25, 0.25]]
+
+
+# ---------------------------------------------------------------------------------------
+# bad input: clear errors
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [9, -1])
+@pytest.mark.parametrize("batches", [True, False])
+def test_topk_out_of_range_is_wrong_shape(tmp_path, small_prompts, monkeypatch, bad, batches):
+    monkeypatch.setattr(prof, "USE_BATCHES", batches)
+    rows = [(pid, 0, 0, [0, bad]) for pid in small_prompts["prompt_id"]]  # K = 8
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0]), rows)
+    with pytest.raises(RoutelabError, match=f"index {bad} outside 0..7.*wrong shape"):
+        compute_profile(path, small_prompts, ProfileParams(split="all"))
+
+
+def test_layer_outside_metadata_is_wrong_shape(tmp_path, small_prompts):
+    rows = [(pid, 5, 0, [0, 1]) for pid in small_prompts["prompt_id"]]
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0]), rows)
+    with pytest.raises(RoutelabError, match="moe_layers"):
+        compute_profile(path, small_prompts, ProfileParams(split="all"))
+
+
+def test_unknown_prompt_ids(tmp_path, small_prompts):
+    rows = [("nope", 0, 0, [0, 1])] + [(pid, 0, 0, [0, 1]) for pid in small_prompts["prompt_id"]]
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0]), rows)
+    with pytest.raises(RoutelabError, match="not in the prompts table"):
+        compute_profile(path, small_prompts, ProfileParams(split="all"))
+
+
+def test_empty_group(tmp_path, small_prompts):
+    keep = small_prompts.filter(pl.col("group") != "male")["prompt_id"]
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0]), [(p, 0, 0, [0, 1]) for p in keep])
+    with pytest.raises(RoutelabError, match="empty group"):
+        compute_profile(path, small_prompts, ProfileParams(split="all"))
+
+
+def test_missing_columns(tmp_path, small_prompts):
+    path = tmp_path / "bad.parquet"
+    t = pa.table({"prompt_id": ["x"], "layer": pa.array([0], pa.int16())})
+    t = t.replace_schema_metadata(arrow_schema(meta(8, 2, [0])).metadata)
+    pq.write_table(t, path)
+    with pytest.raises(RoutelabError, match="lacks columns"):
+        compute_profile(path, small_prompts, ProfileParams(split="all"))
+    with pytest.raises(RoutelabError, match="not found"):
+        compute_profile(tmp_path / "none.parquet", small_prompts, ProfileParams())
+
+
+def test_exclude_descriptor_needs_spans(tmp_path, small_prompts):
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0]), [(p, 0, 0, [0, 1]) for p in small_prompts["prompt_id"]])
+    with pytest.raises(RoutelabError, match="desc_start"):
+        compute_profile(path, small_prompts.drop("desc_start", "desc_end"), ProfileParams(split="all", exclude_descriptor=True))
+
+
+def test_load_profile_checks():
+    good = pl.DataFrame({"layer": [0, 0, 1, 1], "expert": [0, 1, 0, 1], "phi": [0.1, 0.2, 0.3, 0.4]})
+    assert load_profile(good, num_experts=2, layers=[0, 1]).height == 4
+    with pytest.raises(RoutelabError, match="wrong shape"):
+        load_profile(good.filter(pl.col("expert") == 0), num_experts=2)
+    with pytest.raises(RoutelabError, match="NaN"):
+        load_profile(good.with_columns(phi=pl.Series([0.1, float("nan"), 0.3, 0.4])))
+    with pytest.raises(RoutelabError, match="duplicate"):
+        load_profile(pl.concat([good, good.head(1)]))
+    with pytest.raises(RoutelabError, match="MoE layers"):
+        load_profile(good, layers=[0, 2])
+    with pytest.raises(RoutelabError, match="lacks columns"):
+        load_profile(good.drop("phi"))
+
+
+def test_params_section_nested_weights_and_choices():
+    cfg = section(ProfileParams, {"weights": {"ard": 1, "jsd": 0.25}, "aggregation": "max"}, "profile")
+    assert cfg.weights == FspWeights(ard=1.0, jsd=0.25, pmi=0.3, entropy=0.0)
+    with pytest.raises(RoutelabError, match="Did you mean 'mean'"):
+        ProfileParams(aggregation="maen")
+    with pytest.raises(RoutelabError, match="smoothing"):
+        ProfileParams(smoothing=0.0)
+    with pytest.raises(RoutelabError, match="unknown key 'entropie'"):
+        section(ProfileParams, {"weights": {"entropie": 1.0}}, "profile")
+
+
+def test_plots_write_png(tmp_path, small_prompts):
+    from routelab import plots
+
+    layers = [0, 2]
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 2, 7))
+    profile, layer_axis, _ = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=0))
+    out = [
+        plots.phi_heatmap(profile, tmp_path / "p" / "phi.png", title="test"),
+        plots.jsd_by_axis(layer_axis, tmp_path / "p" / "jsd.png"),
+        plots.routing_shift(profile, tmp_path / "p" / "shift.png"),
+    ]
+    for p in out:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(x.name for x in (tmp_path / "p").iterdir()) == ["jsd.png", "phi.png", "shift.png"]  # no temp files
+    with pytest.raises(RoutelabError, match="not in the profile"):
+        plots.routing_shift(profile, tmp_path / "x.png", layer=9)
