@@ -1,0 +1,222 @@
+"""Statistics for before/after claims (METHOD.md §1 Statistics).
+
+Usage::
+
+    from routelab.statistics import paired_permutation_test, bootstrap_ci, benjamini_hochberg
+    res = paired_permutation_test(after, before, seed=0)        # 10,000 sign flips
+    ci = bootstrap_ci(values, seed=0)                           # 1,000 resamples, 95 %
+    adj = benjamini_hochberg({"crows": 0.01, "tqa": 0.04})     # BH across the family
+
+Everything is built on scipy.stats (``permutation_test``, ``bootstrap``,
+``false_discovery_control``): no hand-written resampling loops. Every result records its seed
+and resample count and serialises to JSON with ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import scipy.stats
+
+from routelab.errors import RoutelabError
+
+N_PERMUTATIONS = 10_000  # METHOD.md §1: paired permutation test, 10,000 permutations
+N_BOOTSTRAP = 1_000  # METHOD.md §1: bootstrap 95 % CI, 1,000 resamples
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """A paired permutation test of mean(a − b) = 0."""
+
+    statistic: float  # observed mean difference mean(a - b)
+    p_value: float
+    n: int  # number of pairs
+    n_resamples: int  # permutations asked for (scipy runs the exact test when 2**n is smaller)
+    seed: int
+    alternative: str  # "two-sided", "greater" (a > b) or "less"
+    test: str = "paired permutation (sign flips), scipy.stats.permutation_test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """A bootstrap confidence interval around a point estimate."""
+
+    estimate: float  # the statistic on the original sample
+    low: float
+    high: float
+    confidence: float
+    n: int  # sample size (items)
+    n_resamples: int
+    seed: int
+    method: str  # scipy.stats.bootstrap method: "percentile", "basic" or "BCa"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BHResult:
+    """Benjamini–Hochberg adjusted p-values for a family of tests."""
+
+    names: list[str]
+    p_values: list[float]
+    adjusted: list[float]
+    rejected: list[bool]  # adjusted p <= alpha
+    alpha: float
+    method: str = "Benjamini-Hochberg, scipy.stats.false_discovery_control(method='bh')"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def by_name(self) -> dict[str, dict[str, Any]]:
+        return {
+            n: {"p": p, "p_adjusted": q, "rejected": r}
+            for n, p, q, r in zip(self.names, self.p_values, self.adjusted, self.rejected)
+        }
+
+
+def _as_1d(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim != 1:
+        raise RoutelabError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        raise RoutelabError(f"{name} is empty: a test needs at least one item")
+    if not np.all(np.isfinite(arr)):
+        raise RoutelabError(f"{name} holds NaN or infinite values: clean or drop those items first")
+    return arr
+
+
+def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x - y, axis=axis)
+
+
+def paired_permutation_test(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = N_PERMUTATIONS,
+    seed: int = 0,
+    alternative: str = "two-sided",
+) -> PermutationResult:
+    """Paired permutation test of mean(a − b) (METHOD.md §1: every before/after claim).
+
+    ``a[i]`` and ``b[i]`` are the same item under two conditions (e.g. a CrowS pair's
+    stereotype preference after vs before an intervention). Under H0 the labels within a pair
+    are exchangeable, so scipy swaps them (``permutation_type='samples'``) ``n_resamples``
+    times, or enumerates all 2**n swaps when that is fewer.
+    """
+    if alternative not in ("two-sided", "greater", "less"):
+        raise RoutelabError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
+    x, y = _as_1d(a, "a"), _as_1d(b, "b")
+    if x.shape != y.shape:
+        raise RoutelabError(f"paired samples differ in length: a has {x.size}, b has {y.size} items")
+    res = scipy.stats.permutation_test(
+        (x, y),
+        _mean_diff,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        alternative=alternative,
+        rng=np.random.default_rng(seed),
+    )
+    return PermutationResult(
+        statistic=float(res.statistic),
+        p_value=float(min(1.0, res.pvalue)),
+        n=int(x.size),
+        n_resamples=int(n_resamples),
+        seed=int(seed),
+        alternative=alternative,
+    )
+
+
+def bootstrap_ci(
+    data: Sequence[float] | np.ndarray | tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray] | None = None,
+    *,
+    n_resamples: int = N_BOOTSTRAP,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    method: str = "percentile",
+) -> BootstrapCI:
+    """Bootstrap CI of ``statistic`` over items (METHOD.md §1: 1,000 resamples, 95 %).
+
+    ``data`` is one array of per-item values, or a tuple of equally long arrays resampled
+    together (items stay intact: e.g. (n_biased, n_nonunknown) for a ratio). ``statistic``
+    takes those arrays and ``axis`` and is vectorised (default: the mean of one array).
+    A degenerate sample (every resample gives the same value) yields low = high = estimate.
+    """
+    arrays = tuple(np.asarray(d, dtype=float) for d in data) if isinstance(data, tuple) else (
+        np.asarray(data, dtype=float),
+    )
+    n = arrays[0].shape[-1] if arrays[0].ndim else 0
+    if n == 0 or any(a.shape != arrays[0].shape or a.ndim != 1 for a in arrays):
+        raise RoutelabError(
+            "bootstrap_ci needs one or more non-empty 1-D arrays of equal length, got shapes "
+            f"{[a.shape for a in arrays]}"
+        )
+    if statistic is None:
+        if len(arrays) != 1:
+            raise RoutelabError("bootstrap_ci: pass a statistic when resampling several arrays together")
+        statistic = lambda x, axis=-1: np.mean(x, axis=axis)  # noqa: E731
+    estimate = float(statistic(*arrays, axis=-1))
+    if n < 2:
+        low = high = estimate
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res = scipy.stats.bootstrap(
+                arrays,
+                statistic,
+                n_resamples=n_resamples,
+                vectorized=True,
+                paired=len(arrays) > 1,
+                confidence_level=confidence,
+                method=method,
+                rng=np.random.default_rng(seed),
+            )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if not (np.isfinite(low) and np.isfinite(high)):  # degenerate sample: no spread
+            low = high = estimate
+    return BootstrapCI(
+        estimate=estimate,
+        low=low,
+        high=high,
+        confidence=float(confidence),
+        n=int(n),
+        n_resamples=int(n_resamples),
+        seed=int(seed),
+        method=method,
+    )
+
+
+def benjamini_hochberg(
+    p_values: Mapping[str, float] | Sequence[float], *, alpha: float = 0.05
+) -> BHResult:
+    """Benjamini–Hochberg adjustment across a family of tests (METHOD.md §1).
+
+    Pass a mapping name → p (or a list; names become "0", "1", …). The adjusted values are
+    scipy's ``false_discovery_control(ps, method='bh')``.
+    """
+    if isinstance(p_values, Mapping):
+        names = [str(k) for k in p_values]
+        ps = np.asarray(list(p_values.values()), dtype=float)
+    else:
+        ps = np.asarray(list(p_values), dtype=float)
+        names = [str(i) for i in range(ps.size)]
+    if ps.size == 0:
+        raise RoutelabError("benjamini_hochberg: the family of tests is empty")
+    if np.any(~np.isfinite(ps)) or np.any(ps < 0) or np.any(ps > 1):
+        raise RoutelabError(f"benjamini_hochberg: p-values must lie in [0, 1], got {ps.tolist()}")
+    adjusted = scipy.stats.false_discovery_control(ps, method="bh")
+    return BHResult(
+        names=names,
+        p_values=[float(p) for p in ps],
+        adjusted=[float(q) for q in adjusted],
+        rejected=[bool(q <= alpha) for q in adjusted],
+        alpha=float(alpha),
+    )

@@ -1,0 +1,113 @@
+"""Permutation test, bootstrap CI and Benjamini–Hochberg on cases with known answers.
+
+Run: .venv/bin/pytest tests/test_statistics.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from routelab.errors import RoutelabError
+from routelab.statistics import (
+    N_BOOTSTRAP,
+    N_PERMUTATIONS,
+    benjamini_hochberg,
+    bootstrap_ci,
+    paired_permutation_test,
+)
+
+
+def test_defaults_match_method():
+    assert N_PERMUTATIONS == 10_000 and N_BOOTSTRAP == 1_000
+
+
+def test_identical_samples_give_p_one():
+    x = np.random.default_rng(1).normal(size=200)
+    res = paired_permutation_test(x, x.copy(), seed=3)
+    assert res.statistic == 0.0
+    assert res.p_value == 1.0
+    assert res.seed == 3 and res.n_resamples == 10_000 and res.n == 200
+    json.dumps(res.to_dict())
+
+
+def test_large_shift_gives_small_p():
+    rng = np.random.default_rng(2)
+    before = rng.normal(size=100)
+    after = before + 1.0 + rng.normal(scale=0.1, size=100)
+    res = paired_permutation_test(after, before, seed=0)
+    assert res.statistic == pytest.approx(np.mean(after - before))
+    assert res.p_value < 0.001
+    one_sided = paired_permutation_test(after, before, seed=0, alternative="less")
+    assert one_sided.p_value > 0.99  # the shift goes the other way
+
+
+def test_small_n_is_exact():
+    # 3 pairs, all differences +1: of the 8 sign patterns, 2 reach |mean| >= 1 -> p = 2/8
+    res = paired_permutation_test([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], seed=0)
+    assert res.p_value == pytest.approx(0.25)
+
+
+def test_permutation_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=60), rng.normal(size=60) + 0.2
+    p1 = paired_permutation_test(a, b, seed=11).p_value
+    p2 = paired_permutation_test(a, b, seed=11).p_value
+    assert p1 == p2
+
+
+def test_permutation_rejects_bad_input():
+    with pytest.raises(RoutelabError, match="differ in length"):
+        paired_permutation_test([1, 2, 3], [1, 2])
+    with pytest.raises(RoutelabError, match="NaN"):
+        paired_permutation_test([1, np.nan], [1, 2])
+    with pytest.raises(RoutelabError, match="alternative"):
+        paired_permutation_test([1, 2], [1, 2], alternative="bigger")
+
+
+def test_bootstrap_contains_mean_and_is_deterministic():
+    x = np.random.default_rng(7).binomial(1, 0.65, size=500).astype(float)
+    ci = bootstrap_ci(x, seed=4)
+    assert ci.estimate == pytest.approx(x.mean())
+    assert ci.low < x.mean() < ci.high
+    assert 0.04 < ci.high - ci.low < 0.12  # ~ 2 * 1.96 * sqrt(.65 * .35 / 500) = 0.084
+    assert ci == bootstrap_ci(x, seed=4)
+    assert ci.n_resamples == 1000 and ci.seed == 4 and ci.confidence == 0.95
+    json.dumps(ci.to_dict())
+    assert bootstrap_ci(x, seed=5) != ci  # another seed, another interval
+
+
+def test_bootstrap_paired_ratio_statistic():
+    # ratio statistic over items kept intact: 2 * sum(biased) / sum(nonunknown) - 1
+    biased = np.array([1, 0, 1, 1, 0, 1, 0, 1, 1, 1], dtype=float)
+    nonunk = np.ones(10)
+    stat = lambda b, n, axis=-1: 2 * b.sum(axis=axis) / n.sum(axis=axis) - 1  # noqa: E731
+    ci = bootstrap_ci((biased, nonunk), stat, seed=0)
+    assert ci.estimate == pytest.approx(2 * 7 / 10 - 1)
+    assert ci.low <= ci.estimate <= ci.high
+
+
+def test_bootstrap_degenerate_sample():
+    ci = bootstrap_ci(np.ones(20), seed=0)
+    assert (ci.low, ci.estimate, ci.high) == (1.0, 1.0, 1.0)
+    with pytest.raises(RoutelabError, match="non-empty"):
+        bootstrap_ci([], seed=0)
+
+
+def test_benjamini_hochberg_hand_computed():
+    # sorted p: .01 .02 .03 .04 .20 (m = 5); raw q_i = p_i * m / i = .05 .05 .05 .05 .20,
+    # then the running minimum from the top keeps them.
+    res = benjamini_hochberg({"a": 0.04, "b": 0.01, "c": 0.20, "d": 0.03, "e": 0.02}, alpha=0.05)
+    assert res.names == ["a", "b", "c", "d", "e"]
+    assert res.adjusted == pytest.approx([0.05, 0.05, 0.20, 0.05, 0.05])
+    assert res.rejected == [True, True, False, True, True]
+    # a case where the step-up minimum matters: p = .01 .04 .045 (m = 3)
+    # raw: .03 .06 .045 -> monotone from the top: .03 .045 .045
+    res2 = benjamini_hochberg([0.045, 0.01, 0.04])
+    assert res2.adjusted == pytest.approx([0.045, 0.03, 0.045])
+    assert res2.by_name()["1"]["p_adjusted"] == pytest.approx(0.03)
+    json.dumps(res2.to_dict())
+    with pytest.raises(RoutelabError, match=r"\[0, 1\]"):
+        benjamini_hochberg([0.5, 1.5])
