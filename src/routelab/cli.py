@@ -2,6 +2,8 @@
 
     routelab extract --model <hub-id-or-dir> --prompts <txt-or-parquet> --out <file.parquet>
                      [--profile <profile.parquet> --lam <λ>]
+    routelab bench --model <hub-id-or-dir> --benchmark <name> [--data <path>] --out <metrics.json>
+                   [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>]
 """
 
 from __future__ import annotations
@@ -50,6 +52,33 @@ def cmd_extract(args) -> None:
     )
 
 
+def cmd_bench(args) -> None:
+    from routelab.benchmarks import get_benchmark, run_benchmark
+    from routelab.io import atomic_path, write_json
+    from routelab.models import load_model
+    from routelab.routing import RoutingEdit, attach
+
+    get_benchmark(args.benchmark)  # unknown name → "Did you mean …" before loading a model
+    if (args.profile is None) != (args.lam is None):
+        raise RoutelabError("--profile and --lam go together (ARR: softmax(z − λ·φ) before top-k)")
+    if args.data is None and not args.hub and args.benchmark in ("stereoset", "perplexity"):
+        raise RoutelabError(f"--benchmark {args.benchmark} needs --data <path> (or --hub)")
+    lm = load_model(_spec(args))
+    edit = RoutingEdit.arr(args.profile, args.lam, args.layers) if args.profile else None
+    with attach(lm, edit=edit):
+        metrics, items = run_benchmark(lm.model, lm.tokenizer, args.benchmark, data_path=args.data, hub=args.hub,
+                                       primer_path=args.primer, batch_size=args.batch_size, seed=args.seed)
+    metrics["model"] = args.model
+    metrics["edit"] = edit.description if edit else None
+    write_json(args.out, metrics)
+    if args.items:
+        with atomic_path(args.items) as tmp:
+            items.write_parquet(tmp)
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    console.print(f"bench {args.benchmark}: {len(items)} items; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                  + f" → {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routelab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, nargs="*", default=None, help="ARR layers (default: all profile layers)")
     p.add_argument("--chunk-size", type=int, default=512, help="prompts per resumable shard")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("bench", help="score one benchmark by log-likelihood (optionally under ARR)")
+    _model_args(p)
+    p.add_argument("--benchmark", required=True,
+                   help="crows_pairs | crows_pairs_revised | stereoset | bbq | truthfulqa | perplexity")
+    p.add_argument("--data", default=None, help="local file/folder in the original format (default: ../shared copy)")
+    p.add_argument("--hub", action="store_true", help="load the benchmark from the Hugging Face Hub")
+    p.add_argument("--primer", default=None, help="TruthfulQA QA primer file (default: the shared qa_primer.txt)")
+    p.add_argument("--out", required=True, help="metrics .json")
+    p.add_argument("--items", default=None, help="per-item .parquet (id + log-likelihood of each option)")
+    p.add_argument("--profile", default=None, help="profile Parquet: score under ARR")
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--layers", type=int, nargs="*", default=None)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -28,7 +28,9 @@ class ModelSpec:
     trust_remote_code: bool = False  # needed for DeepSeekMoE-16B (remote code)
     revision: str | None = None  # Hub revision (commit, tag or branch)
     batch_size: int = 16  # forward batch size for extraction and scoring
-    vocabulary: str = "english"  # prompt vocabulary: english (real models) | testbed (in-distribution)
+    vocabulary: str = "english"  # prompt words: english (real models) | a testbed corpus dir (its own words)
+    benchmarks: dict[str, str] = field(default_factory=dict)  # the model's own benchmark files (testbed)
+    primer: str | None = None  # the model's own TruthfulQA-style primer (testbed)
     notes: str = ""  # free text (e.g. what the model is)
 
     def resolved_device(self) -> str:

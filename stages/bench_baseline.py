@@ -1,0 +1,35 @@
+"""Stage `bench_baseline`: every enabled benchmark on the unintervened model, both splits.
+
+Usage: python stages/bench_baseline.py --model testbed --out data/bench/testbed/baseline \
+           --splits data/bench/testbed/splits --metrics metrics/testbed/bench_baseline.json
+Writes the validation/test split of each benchmark (read back by every later stage), per-item
+Parquet <out>/<benchmark>_<split>.parquet, and the metrics with bootstrap 95 % CIs.
+"""
+
+import argparse
+
+from routelab.config import load_params, section
+from routelab.evaluate import BenchParams, evaluate, headline, sources
+from routelab.io import write_json
+from routelab.models import load_model, model_spec
+from routelab.stage import run_stage
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for arg in ("--model", "--out", "--splits", "--metrics"):
+        ap.add_argument(arg, required=True)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    cfg = section(BenchParams, params.get("bench_baseline"), "bench_baseline")
+    spec = model_spec(params, args.model)
+    srcs = sources(cfg, spec.benchmarks, spec.primer)
+    lm = load_model(spec)
+    results = evaluate(lm, cfg, srcs, args.out, args.splits, write_splits=True)
+    write_json(args.metrics, results)
+    print(f"bench_baseline[{args.model}]: {len(results)} benchmarks; test split: {headline(results)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

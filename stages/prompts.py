@@ -1,0 +1,43 @@
+"""Stage `prompts`: the FARE demographic prompt set for one model → data/prompts/<model>.parquet.
+
+Usage: python stages/prompts.py --model testbed --out data/prompts/testbed.parquet \
+           --metrics metrics/testbed/prompts.json
+The vocabulary comes from the model's spec (`models.<name>.vocabulary`): `english` for real
+models, a testbed corpus directory for the testbed (its own, in-distribution words).
+"""
+
+import argparse
+
+from transformers import AutoTokenizer
+
+from routelab.config import load_params, section
+from routelab.io import write_json
+from routelab.models import model_spec
+from routelab.prompts import PromptsParams, build_prompts, english_vocabulary, summary, write_prompts
+from routelab.stage import run_stage
+from routelab.testbed import load_vocabulary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for arg in ("--model", "--out", "--metrics"):
+        ap.add_argument(arg, required=True)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    cfg = section(PromptsParams, params.get("prompts"), "prompts")
+    spec = model_spec(params, args.model)
+    vocab = english_vocabulary() if spec.vocabulary == "english" else load_vocabulary(spec.vocabulary)
+    tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code,
+                                              revision=spec.revision)
+    df = build_prompts(vocab, tokenizer, cfg)
+    write_prompts(df, args.out)
+    s = summary(df)
+    write_json(args.metrics, s)
+    print(f"prompts[{args.model}]: {s['n_neutral']} neutral + {s['n_demographic']} demographic prompts "
+          f"over {s['n_groups']} groups, {s['n_contexts']} contexts "
+          f"({s['n_validation']} validation / {s['n_test']} test) → {args.out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
