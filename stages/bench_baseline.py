@@ -1,6 +1,6 @@
 """Stage `bench_baseline`: every enabled benchmark on the unintervened model, both splits.
 
-Usage: python stages/bench_baseline.py --model testbed --out data/bench/testbed/baseline \
+Usage: python -m stages.bench_baseline --model testbed --out data/bench/testbed/baseline \
            --splits data/bench/testbed/splits --metrics metrics/testbed/bench_baseline.json
 Writes the validation/test split of each benchmark (read back by every later stage), per-item
 Parquet <out>/<benchmark>_<split>.parquet, and the metrics with bootstrap 95 % CIs.

@@ -1,6 +1,6 @@
 """Stage `extract`: routing of every prompt at every MoE layer → data/routing/<model>.parquet.
 
-Usage: python stages/extract.py --model testbed --prompts data/prompts/testbed.parquet \
+Usage: python -m stages.extract --model testbed --prompts data/prompts/testbed.parquet \
            --out data/routing/testbed.parquet --metrics metrics/testbed/extract.json
 """
 

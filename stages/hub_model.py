@@ -1,6 +1,6 @@
 """Stage `hub_model`: pin a Hub model's spec in data/models/<name>/ so later stages can depend on it.
 
-Usage: python stages/hub_model.py --model olmoe --out data/models/olmoe
+Usage: python -m stages.hub_model --model olmoe --out data/models/olmoe
 No download happens here (the first stage that loads the model fetches it); the folder
 holds routelab_ref.json, whose content changes exactly when the model's spec does, so
 DVC re-runs a real model's stages on a change of path, revision or dtype, and only then.

@@ -1,6 +1,6 @@
 """Stage `profile`: FSP sensitivity profile φ(e,l), architecture descriptors, plots, SAFEx set.
 
-Usage: python stages/profile.py --model testbed --routing data/routing/testbed.parquet \
+Usage: python -m stages.profile --model testbed --routing data/routing/testbed.parquet \
            --prompts data/prompts/testbed.parquet --out data/profiles/testbed \
            --metrics metrics/testbed/fsp.json --plots plots/testbed
 Writes <out>.parquet (one row per (layer, expert), column `phi`: what ARR reads),

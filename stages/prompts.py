@@ -1,6 +1,6 @@
 """Stage `prompts`: the FARE demographic prompt set for one model → data/prompts/<model>.parquet.
 
-Usage: python stages/prompts.py --model testbed --out data/prompts/testbed.parquet \
+Usage: python -m stages.prompts --model testbed --out data/prompts/testbed.parquet \
            --metrics metrics/testbed/prompts.json
 The vocabulary comes from the model's spec (`models.<name>.vocabulary`): `english` for real
 models, a testbed corpus directory for the testbed (its own, in-distribution words).
