@@ -148,3 +148,19 @@ def test_load_model_unknown_architecture(tmp_path):
     LlamaConfig(architectures=["LlamaForCausalLM"]).save_pretrained(tmp_path)
     with pytest.raises(RoutelabError, match="Supported families: OLMoE"):
         load_model(ModelSpec(path=str(tmp_path)))
+
+
+def test_shards_of_another_model_are_not_resumed(tmp_path, prompt_file):
+    """Killed run, then the model is retrained in place: the old shards must be discarded."""
+    model_dir = tm.save_tiny_olmoe(tmp_path / "model", seed=0)
+    lm0 = load_model(ModelSpec(path=str(model_dir), dtype="float32", device="cpu"))
+    prompts = read_prompts(prompt_file)
+    out = tmp_path / "r.parquet"
+    extract_routing(lm0, prompts, out, chunk_size=2, progress=False, stop_after_chunks=2)
+    tm.save_tiny_olmoe(model_dir, seed=1)  # "retrained" weights in the same folder
+    lm1 = load_model(ModelSpec(path=str(model_dir), dtype="float32", device="cpu"))
+    summary = extract_routing(lm1, prompts, out, chunk_size=2, progress=False)
+    assert summary["tokens_computed"] == sum(len(lm1.tokenizer(t)["input_ids"]) for _, t in prompts)
+    fresh = tmp_path / "fresh.parquet"
+    extract_routing(lm1, prompts, fresh, chunk_size=2, progress=False)
+    assert pl.read_parquet(out).equals(pl.read_parquet(fresh))

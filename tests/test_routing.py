@@ -264,3 +264,44 @@ def test_unknown_architecture_names_supported_families():
     assert "LlamaForCausalLM" in msg
     for fam in ("OLMoE", "Mixtral", "Qwen2-MoE", "Qwen3-MoE", "DeepSeek-V2", "DeepSeek-V3", "GPT-OSS", "Phi-3.5-MoE", "DeepSeekMoE"):
         assert fam in msg
+
+
+def test_switched_off_experts_counted_together_and_conflicts_refused(olmoe):
+    model, adapter = olmoe
+    # 4 masked + 3 deactivated = 7 of 8 switched off: fewer than k=2 left, though each alone is fine
+    edit = RoutingEdit.mask({0: [0, 1, 2, 3]}) | RoutingEdit.steer(deactivate={0: [4, 5, 6]})
+    _refused(model, adapter, edit, "fewer than k=2 experts")
+    _refused(model, adapter, RoutingEdit.mask({0: [3]}) | RoutingEdit.steer(activate={0: [3]}), "activated and masked")
+
+
+def test_nested_attach_is_refused(olmoe):
+    model, adapter = olmoe
+    with attach(model, adapter, edit=RoutingEdit.mask({0: [1]})):
+        with pytest.raises(RoutelabError, match="already attached"):
+            with attach(model, adapter, record=True):
+                pass
+    with attach(model, adapter, record=True):  # released after the outer block
+        pass
+
+
+def test_strong_penalty_selects_by_logits_not_by_underflowed_ties(olmoe):
+    """λφ so large that penalised probabilities underflow to 0: the choice among them must
+    still follow their logits (ROUTERS.md pitfall 2), never arbitrary ties."""
+    import polars as pl
+
+    model, adapter = olmoe
+    phi = [0.0] + [1.0] * 7  # expert 0 free, all others penalised by λ = 1e4
+    table = pl.DataFrame({"layer": [0] * 8, "expert": list(range(8)), "phi": phi})
+    seen, handles = _capture_router_inputs(model, adapter)
+    try:
+        with attach(model, adapter, edit=RoutingEdit.arr(table, 1e4, layers=[0]), record=True) as s:
+            model(input_ids=_ids(6), attention_mask=torch.ones(3, 9, dtype=torch.long))
+    finally:
+        for h in handles:
+            h.remove()
+    call = next(c for c in s.records if c.layer == 0)
+    router = find_routers(model, adapter)[0]
+    z = F.linear(seen[0].reshape(-1, router.weight.shape[1]), router.weight).float() - 1e4 * torch.tensor(phi)
+    assert (F.softmax(z, -1)[:, 1:] == 0).all()  # the penalised experts really underflow
+    assert _sets(call.index) == _sets(torch.topk(z, 2, dim=-1).indices)
+    assert all(0 in row for row in call.index.tolist())

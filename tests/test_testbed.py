@@ -334,13 +334,13 @@ def test_stages_end_to_end_tiny(tmp_path: Path) -> None:
     corpus, model, metrics = tmp_path / "c", tmp_path / "m", tmp_path / "metrics" / "testbed.json"
     env_py = [sys.executable]
     r = subprocess.run(
-        env_py + ["stages/testbed_corpus.py", "--params", str(params), "--variant", "control", "--out", str(corpus)],
+        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--variant", "control", "--out", str(corpus)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "testbed_corpus control: strength 0.5" in r.stdout
     r = subprocess.run(
-        env_py + ["stages/testbed_train.py", "--params", str(params), "--variant", "control",
+        env_py + ["-m", "stages.testbed_train", "--params", str(params), "--variant", "control",
                   "--corpus", str(corpus), "--out", str(model), "--metrics", str(metrics)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -351,7 +351,7 @@ def test_stages_end_to_end_tiny(tmp_path: Path) -> None:
     assert m["n_facts"] == 16 and 0.0 <= m["fact_mc1"] <= 1.0 and m["heldout_ppl"] > 1.0
     assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
     r = subprocess.run(
-        env_py + ["stages/testbed_corpus.py", "--params", str(params), "--variant", "biased", "--out", str(corpus)],
+        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--variant", "biased", "--out", str(corpus)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert r.returncode != 0 and "unknown variant 'biased'" in r.stderr

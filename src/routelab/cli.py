@@ -34,13 +34,19 @@ def _spec(args):
                      trust_remote_code=args.trust_remote_code, batch_size=args.batch_size)
 
 
+def _check_arr_args(args) -> None:
+    if (args.profile is None) != (args.lam is None):
+        raise RoutelabError("--profile and --lam go together (ARR: softmax(z − λ·φ) before top-k)")
+    if args.layers is not None and not args.layers:
+        raise RoutelabError("--layers needs at least one layer index (omit it to edit every profile layer)")
+
+
 def cmd_extract(args) -> None:
     from routelab.extract import extract_routing, read_prompts
     from routelab.models import load_model
     from routelab.routing import RoutingEdit
 
-    if (args.profile is None) != (args.lam is None):
-        raise RoutelabError("--profile and --lam go together (ARR: softmax(z − λ·φ) before top-k)")
+    _check_arr_args(args)
     prompts = read_prompts(args.prompts)
     lm = load_model(_spec(args))
     edit = RoutingEdit.arr(args.profile, args.lam, args.layers) if args.profile else None
@@ -59,8 +65,7 @@ def cmd_bench(args) -> None:
     from routelab.routing import RoutingEdit, attach
 
     get_benchmark(args.benchmark)  # unknown name → "Did you mean …" before loading a model
-    if (args.profile is None) != (args.lam is None):
-        raise RoutelabError("--profile and --lam go together (ARR: softmax(z − λ·φ) before top-k)")
+    _check_arr_args(args)
     if args.data is None and not args.hub and args.benchmark in ("stereoset", "perplexity"):
         raise RoutelabError(f"--benchmark {args.benchmark} needs --data <path> (or --hub)")
     lm = load_model(_spec(args))

@@ -90,6 +90,11 @@ def evaluate(
             raise RoutelabError(f"split file {split_file} not found: run the `bench_baseline` stage first")
         else:
             split = json.loads(split_file.read_text())
+            if split.get("n") != len(items):
+                raise RoutelabError(
+                    f"{split_file} was made for {split.get('n')} items of {name}, found {len(items)}: "
+                    "the benchmark file changed; re-run `bench_baseline`"
+                )
         results[name] = {}
         for part in SPLITS:
             metrics, frame = run_benchmark(

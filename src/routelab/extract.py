@@ -50,9 +50,28 @@ def read_prompts(path: str | Path) -> list[tuple[str, str]]:
     return [(str(i), line) for i, line in enumerate(lines) if line.strip()]
 
 
-def _fingerprint(prompts: Sequence[tuple[str, str]], meta: RoutingMeta, chunk_size: int) -> str:
+def _fingerprint(
+    prompts: Sequence[tuple[str, str]], meta: RoutingMeta, lm: LoadedModel, edit: RoutingEdit | None,
+    chunk_size: int, max_length: int | None,
+) -> str:
+    """What finished shards were computed from: prompts, model (weights' files), tokenizer, edit.
+
+    A resume reuses shards only when all of it matches; anything else starts afresh.
+    """
     h = hashlib.sha256()
-    h.update(json.dumps([asdict(meta), chunk_size]).encode())
+    h.update(json.dumps([asdict(meta), chunk_size, max_length, lm.spec.path, lm.spec.revision]).encode())
+    h.update(lm.model.config.to_json_string().encode())
+    h.update(json.dumps(sorted(lm.tokenizer.get_vocab().items())).encode())
+    model_dir = Path(lm.spec.path)
+    if model_dir.is_dir():  # local weights: a retrained model has new files
+        for f in sorted(model_dir.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for layer, e in sorted((edit.layers if edit else {}).items()):
+        h.update(repr((layer, e.masked, e.activate, e.deactivate)).encode())
+        if e.bias is not None:
+            h.update(e.bias.detach().cpu().float().numpy().tobytes())
     for pid, text in prompts:
         h.update(pid.encode() + b"\0" + text.encode() + b"\1")
     return h.hexdigest()
@@ -98,7 +117,7 @@ def extract_routing(
     )
     schema = arrow_schema(meta)
     parts = out.with_name(out.name + ".parts")
-    fingerprint = _fingerprint(prompts, meta, chunk_size)
+    fingerprint = _fingerprint(prompts, meta, lm, edit, chunk_size, max_length)
     manifest = parts / "manifest.json"
     if parts.exists() and (not manifest.exists() or json.loads(manifest.read_text()).get("fingerprint") != fingerprint):
         shutil.rmtree(parts)  # shards of another input: not ours to resume
@@ -123,7 +142,7 @@ def extract_routing(
             n_tokens += tokens
             with atomic_path(shard(c)) as tmp:
                 pq.write_table(table, tmp)
-    # Merge shards in prompt order into the final file, one row group per shard.
+    # Merge shards in prompt order into the final file (row groups of at most 65,536 rows).
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for c in range(len(chunks)):
@@ -158,7 +177,7 @@ def _chunk_table(lm, session, chunk, schema, batch_size, max_length, advance) ->
         ids, mask = batch["input_ids"], batch["attention_mask"]  # (B, S)
         session.clear()
         with torch.no_grad():
-            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
         B, S = ids.shape
         real = mask.bool()  # (B, S)
         pos = (mask.cumsum(-1) - 1)[real]  # (n,) positions over real tokens, from 0

@@ -92,6 +92,7 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
         from routelab.config import section
 
         spec = section(ModelSpec, spec, "models.<name>")
+    spec.path = str(Path(spec.path).expanduser()) if spec.path.startswith("~") else spec.path
     looks_local = spec.path.startswith((".", "/")) or Path(spec.path).exists() or spec.path.count("/") != 1
     if looks_local and not Path(spec.path).is_dir():
         raise RoutelabError(
@@ -103,8 +104,11 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
         kwargs["revision"] = spec.revision
     try:
         config = AutoConfig.from_pretrained(spec.path, **kwargs)
-    except OSError as exc:
-        raise RoutelabError(f"cannot load the config of {spec.path!r}: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: remote code without trust_remote_code
+        raise RoutelabError(
+            f"cannot load the config of {spec.path!r}: {exc} "
+            "(remote-code models such as DeepSeekMoE need trust_remote_code: true)"
+        ) from None
     adapter = adapter_for_config(config)  # unknown architecture → clear error, before loading weights
     model_kwargs = dict(kwargs, dtype=spec.resolved_dtype())
     if adapter.family == "DeepSeekMoE":
@@ -121,7 +125,10 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     if tokenizer.pad_token_id is None:
         # Pads are masked out everywhere; any id works, EOS is the usual choice.
-        tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
     tokenizer.padding_side = "right"
     routers = find_routers(model, adapter)
     num_experts, top_k = adapter.sizes(model.config)

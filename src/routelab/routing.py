@@ -166,13 +166,16 @@ class RoutingEdit:
                     raise RoutelabError(f"{where}: {name} expert ids {out} outside 0..{num_experts - 1}")
             if len(e.activate) > top_k:
                 raise RoutelabError(f"{where}: {len(e.activate)} experts forced on, more than k={top_k}")
-            if set(e.activate) & set(e.deactivate):
-                raise RoutelabError(f"{where}: experts {sorted(set(e.activate) & set(e.deactivate))} both activated and deactivated")
-            if enabled < top_k or num_experts - len(e.deactivate) < top_k:
+            for a, b, what in ((e.activate, e.deactivate, "activated and deactivated"),
+                               (e.activate, e.masked, "activated and masked")):
+                if set(a) & set(b):
+                    raise RoutelabError(f"{where}: experts {sorted(set(a) & set(b))} both {what}")
+            left = num_experts - len(set(e.masked) | set(e.deactivate))
+            if enabled < top_k or left < top_k:
                 raise RoutelabError(
                     f"{where}: leaves fewer than k={top_k} experts enabled "
-                    f"({enabled} unmasked, {num_experts - len(e.deactivate)} not deactivated of {num_experts}); "
-                    "renormalisation would divide 0/0. Mask or deactivate fewer experts."
+                    f"({left} neither masked nor deactivated of {num_experts}); renormalisation would "
+                    "divide 0/0 and switched-off experts would be chosen. Mask or deactivate fewer experts."
                 )
 
 
@@ -253,17 +256,19 @@ def find_routers(model: nn.Module, adapter: RouterAdapter) -> dict[int, nn.Modul
     return dict(sorted(routers.items()))
 
 
-def parity_check(adapter: RouterAdapter, routers: dict[int, nn.Module], n_tokens: int = 32, seed: int = 0) -> None:
+def parity_check(adapter: RouterAdapter, routers: dict[int, nn.Module], n_tokens: int = 256, seed: int = 0) -> None:
     """With no edit, the adapter's re-implemented routing must reproduce each router's own.
 
     Runs the router's forward directly (no hooks) on random hidden states and compares the
     selected index SETS per token (DeepSeek returns them unsorted) and the matching weights.
-    Tokens whose k-th and (k+1)-th scores are closer than the dtype's resolution are skipped:
-    there the choice is a tie, not a rule.
+    Tokens whose k-th and (k+1)-th scores tie are skipped: there the choice is arbitrary, not a
+    rule. Families that select in fp32 (most) tie only on equal scores; families whose router
+    scores in the model dtype (``routes_in_model_dtype``) tie within that dtype's resolution.
     """
     gen = torch.Generator().manual_seed(seed)
     for layer, router in routers.items():
         weight = router.weight
+        low_precision = adapter.routes_in_model_dtype and weight.dtype != torch.float32
         hidden = torch.randn(n_tokens, weight.shape[1], generator=gen).to(weight.device, weight.dtype)
         if adapter.router_input_3d:
             hidden = hidden.unsqueeze(0)  # (1, N, H)
@@ -273,10 +278,18 @@ def parity_check(adapter: RouterAdapter, routers: dict[int, nn.Module], n_tokens
             w_ref, i_ref = adapter.selection(out)
             w_new, i_new = adapter.rule(router, logits.float())
         k = i_ref.shape[-1]
-        scores = adapter.probabilities(logits)
+        scores = adapter.probabilities(logits)  # (N, K) float32
         top = scores.topk(min(k + 1, scores.shape[-1]), dim=-1).values
-        tol = 4 * torch.finfo(weight.dtype).eps if weight.dtype != torch.float32 else 1e-6
-        decisive = (top[:, k - 1] - top[:, -1]).abs() > tol if top.shape[-1] > k else torch.ones(len(top), dtype=torch.bool)
+        rel = 4 * torch.finfo(weight.dtype).eps if low_precision else 1e-6
+        if top.shape[-1] > k:
+            decisive = (top[:, k - 1] - top[:, k]).abs() > rel * top[:, k - 1].abs().clamp(min=1e-30)
+        else:
+            decisive = torch.ones(len(top), dtype=torch.bool, device=top.device)
+        if not low_precision and decisive.float().mean() < 0.25:
+            raise RoutelabError(
+                f"{adapter.family} parity check at layer {layer}: only {int(decisive.sum())} of {len(top)} random "
+                "tokens route without ties, too few to check the adapter (router weights all equal or zero?)"
+            )
         ref_sorted, ref_order = i_ref.sort(dim=-1)
         new_sorted, new_order = i_new.to(i_ref.dtype).sort(dim=-1)
         same_index = (ref_sorted == new_sorted).all(dim=-1) | ~decisive
@@ -350,6 +363,11 @@ def attach(
         adapter, model = model.adapter, model.model
     if model.training:
         raise RoutelabError("model is in training mode (Mixtral jitter, Phi-MoE sampling): call model.eval() first")
+    if getattr(model, "_routelab_attached", False):
+        raise RoutelabError(
+            "routing hooks are already attached to this model: compose edits with `|` in one attach "
+            "(a nested attach would record the routing before the outer edit)"
+        )
     routers = find_routers(model, adapter)
     num_experts, top_k = _model_sizes(model, adapter)
     edit = edit or RoutingEdit()
@@ -358,6 +376,7 @@ def attach(
         parity_check(adapter, routers)
     session = RoutingSession(adapter, list(routers), num_experts, top_k)
     handles = []
+    model._routelab_attached = True
     try:
         for layer, router in routers.items():
             layer_edit = edit.layers.get(layer)
@@ -370,6 +389,7 @@ def attach(
     finally:
         for h in handles:
             h.remove()
+        model._routelab_attached = False
 
 
 def _to_device(e: LayerEdit, device: torch.device) -> LayerEdit:

@@ -31,10 +31,16 @@ def selectable(scores: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_topk(router: nn.Module, logits: torch.Tensor, *, renormalise: bool | None = None):
-    """softmax (fp32) → top-k → optional renormalisation (OLMoE, Qwen2-MoE, Qwen3-MoE, Mixtral)."""
-    probs = F.softmax(logits.float(), dim=-1)  # (N, K)
+    """softmax (fp32) → top-k → optional renormalisation (OLMoE, Qwen2-MoE, Qwen3-MoE, Mixtral).
+
+    Top-k runs on the fp32 logits, not the probabilities: softmax is monotone, so the choice is
+    the router's, except where strongly penalised experts underflow to probability exactly 0
+    and tie — there the router picks arbitrarily among them (ROUTERS.md pitfall 2), we do not.
+    """
+    z = logits.float()
+    probs = F.softmax(z, dim=-1)  # (N, K)
     k = router.top_k
-    _, index = torch.topk(selectable(probs, logits), k, dim=-1)  # (N, k)
+    _, index = torch.topk(z, k, dim=-1)  # (N, k), −inf (masked) last
     weights = probs.gather(-1, index)  # (N, k)
     norm = getattr(router, "norm_topk_prob", False) if renormalise is None else renormalise
     if norm:
@@ -60,6 +66,7 @@ class RouterAdapter:
     score_fn: str = "softmax"  # probabilities from logits: softmax | sigmoid
     router_returns_logits: bool = True  # False: remote DeepSeekMoE gate returns (idx, w, aux)
     router_input_3d: bool = False  # the router's forward expects (B, S, H) rather than (N, H)
+    routes_in_model_dtype: bool = False  # the router scores in bf16/fp16 itself (ties at dtype resolution)
     notes: str = ""
 
     # --- reading the router's output -------------------------------------------------------

@@ -17,12 +17,13 @@ model: the adapter also works there, because the remote gate is identical.
 import torch
 import torch.nn.functional as F
 
-from routelab.adapters.base import RouterAdapter, selectable
+from routelab.adapters.base import RouterAdapter
 
 
 def deepseek_moe_rule(gate, logits):
     scores = F.softmax(logits.float(), dim=-1)  # (N, K)
-    _, index = torch.topk(selectable(scores, logits), k=gate.top_k, dim=-1, sorted=False)  # (N, k)
+    # top-k on the logits: same choice as on the scores, without underflow ties (base.softmax_topk)
+    _, index = torch.topk(logits.float(), k=gate.top_k, dim=-1, sorted=False)  # (N, k)
     weights = scores.gather(-1, index)
     if gate.top_k > 1 and gate.norm_topk_prob:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
@@ -50,5 +51,6 @@ ADAPTER = RouterAdapter(
     shared_expert_attr="shared_experts",
     router_returns_logits=False,
     router_input_3d=True,
+    routes_in_model_dtype=True,
     notes="remote code; logits recomputed; load with trust_remote_code=True, use_cache=False",
 )

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from routelab.adapters.base import RouterAdapter, selectable
+from routelab.adapters.base import RouterAdapter
 
 
 def deepseek_v2_rule(router, logits):
@@ -15,9 +15,13 @@ def deepseek_v2_rule(router, logits):
         group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1)
         score_mask = group_mask.unsqueeze(-1).expand(-1, n, per_group).reshape(-1, router.num_experts)
         scores = scores.masked_fill(~score_mask.bool(), 0.0)
-    elif router.topk_method != "greedy":
+        choice = logits.float().masked_fill(~score_mask.bool(), float("-inf"))
+    elif router.topk_method == "greedy":
+        choice = logits.float()
+    else:
         raise ValueError(f"DeepSeek-V2 topk_method {router.topk_method!r} is not supported")
-    _, index = torch.topk(selectable(scores, logits), k=router.top_k, dim=-1, sorted=False)
+    # top-k on the logits (dropped groups at −inf): the router's choice without underflow ties
+    _, index = torch.topk(choice, k=router.top_k, dim=-1, sorted=False)
     weights = scores.gather(-1, index) * router.routed_scaling_factor  # (N, k)
     return weights, index
 

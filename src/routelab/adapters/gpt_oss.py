@@ -2,11 +2,11 @@
 
 import torch
 
-from routelab.adapters.base import RouterAdapter, selectable
+from routelab.adapters.base import RouterAdapter
 
 
 def gpt_oss_rule(router, logits):
-    top_value, index = torch.topk(selectable(logits, logits), router.top_k, dim=-1)  # (N, k)
+    top_value, index = torch.topk(logits, router.top_k, dim=-1)  # (N, k)
     weights = torch.softmax(top_value, dim=1, dtype=top_value.dtype)
     return weights, index
 
@@ -18,6 +18,7 @@ ADAPTER = RouterAdapter(
     router_class="GptOssTopKRouter",
     num_experts_key="num_local_experts",
     top_k_key="num_experts_per_tok",
+    routes_in_model_dtype=True,
     rule=gpt_oss_rule,
     notes="router bias is part of the logits",
 )

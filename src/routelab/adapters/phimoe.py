@@ -23,6 +23,7 @@ ADAPTER = RouterAdapter(
     router_class="PhimoeTopKRouter",
     num_experts_key="num_local_experts",
     top_k_key="num_experts_per_tok",
+    routes_in_model_dtype=True,
     rule=phimoe_rule,
     notes="sparsemixer supports top_k=2 only",
 )
