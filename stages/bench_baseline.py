@@ -6,21 +6,16 @@ Writes the validation/test split of each benchmark (read back by every later sta
 Parquet <out>/<benchmark>_<split>.parquet, and the metrics with bootstrap 95 % CIs.
 """
 
-import argparse
 
 from routelab.config import load_params, section
 from routelab.evaluate import BenchParams, evaluate, headline, sources
 from routelab.io import write_json
 from routelab.models import load_model, model_spec
-from routelab.stage import run_stage
+from routelab.stage import run_stage, stage_args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for arg in ("--model", "--out", "--splits", "--metrics"):
-        ap.add_argument(arg, required=True)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
+    args = stage_args(__doc__, "--model", "--out", "--splits", "--metrics")
     params = load_params(args.params)
     cfg = section(BenchParams, params.get("bench_baseline"), "bench_baseline")
     spec = model_spec(params, args.model)

@@ -4,28 +4,15 @@ Usage: python -m stages.extract --model testbed --prompts data/prompts/testbed.p
            --out data/routing/testbed.parquet --metrics metrics/testbed/extract.json
 """
 
-import argparse
-from dataclasses import dataclass
-
 from routelab.config import load_params, section
-from routelab.extract import extract_routing, read_prompts
+from routelab.extract import ExtractParams, extract_routing, read_prompts
 from routelab.io import write_json
 from routelab.models import load_model, model_spec
-from routelab.stage import run_stage
-
-
-@dataclass
-class ExtractParams:
-    chunk_size: int = 512  # prompts per resumable shard (memory bound)
-    max_length: int | None = None  # truncate prompts to this many tokens (None: never)
+from routelab.stage import run_stage, stage_args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for arg in ("--model", "--prompts", "--out", "--metrics"):
-        ap.add_argument(arg, required=True)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
+    args = stage_args(__doc__, "--model", "--prompts", "--out", "--metrics")
     params = load_params(args.params)
     cfg = section(ExtractParams, params.get("extract"), "extract")
     spec = model_spec(params, args.model)

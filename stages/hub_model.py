@@ -6,22 +6,17 @@ holds routelab_ref.json, whose content changes exactly when the model's spec doe
 DVC re-runs a real model's stages on a change of path, revision or dtype, and only then.
 """
 
-import argparse
 import json
 from dataclasses import asdict
 
 from routelab.config import load_params
 from routelab.io import write_text
 from routelab.models import model_spec
-from routelab.stage import run_stage
+from routelab.stage import run_stage, stage_args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
+    args = stage_args(__doc__, "--model", "--out")
     spec = model_spec(load_params(args.params), args.model)
     write_text(f"{args.out}/routelab_ref.json", json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
     print(f"hub_model[{args.model}]: {spec.path} (revision {spec.revision or 'main'}) pinned in {args.out}")

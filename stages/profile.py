@@ -7,7 +7,6 @@ Writes <out>.parquet (one row per (layer, expert), column `phi`: what ARR reads)
 <out>_layer_axis.parquet (JSD per layer and axis) and <out>_safex.parquet (SAFEx selection).
 """
 
-import argparse
 from pathlib import Path
 
 from routelab import plots
@@ -15,17 +14,13 @@ from routelab.config import load_params, section
 from routelab.detect import SafexParams, safex_fairness
 from routelab.io import write_json
 from routelab.profile import ProfileParams, compute_profile, write_parquet
-from routelab.stage import run_stage
+from routelab.stage import run_stage, stage_args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for arg in ("--model", "--routing", "--prompts", "--out", "--metrics", "--plots"):
-        ap.add_argument(arg, required=True)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
+    args = stage_args(__doc__, "--model", "--routing", "--prompts", "--out", "--metrics", "--plots")
     params = load_params(args.params)
-    cfg = section(ProfileParams, params.get("profile"), "profile")
+    cfg = section(ProfileParams, params.get("fsp"), "fsp")  # FSP: the method's name for this step
     safex_cfg = section(SafexParams, params.get("safex"), "safex")
     profile, layer_axis, desc = compute_profile(args.routing, args.prompts, cfg)
     safex = safex_fairness(args.routing, args.prompts, safex_cfg)

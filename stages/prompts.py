@@ -6,7 +6,6 @@ The vocabulary comes from the model's spec (`models.<name>.vocabulary`): `englis
 models, a testbed corpus directory for the testbed (its own, in-distribution words).
 """
 
-import argparse
 
 from transformers import AutoTokenizer
 
@@ -14,16 +13,12 @@ from routelab.config import load_params, section
 from routelab.io import write_json
 from routelab.models import model_spec
 from routelab.prompts import PromptsParams, build_prompts, english_vocabulary, summary, write_prompts
-from routelab.stage import run_stage
+from routelab.stage import run_stage, stage_args
 from routelab.testbed import load_vocabulary
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for arg in ("--model", "--out", "--metrics"):
-        ap.add_argument(arg, required=True)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
+    args = stage_args(__doc__, "--model", "--out", "--metrics")
     params = load_params(args.params)
     cfg = section(PromptsParams, params.get("prompts"), "prompts")
     spec = model_spec(params, args.model)

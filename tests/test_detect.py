@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 
 import numpy as np
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import tiny_models
 from routelab.detect import (
     BEHAVIOURS,
     DetectParams,
@@ -38,19 +38,7 @@ from routelab.routing_schema import RoutingMeta, arrow_schema
 from routelab.vocab import Vocabulary
 
 
-def word_tokenizer(texts: list[str]):
-    """A fast word-level tokenizer with a BOS token, built in milliseconds."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "[BOS]": 1}
-    for t in texts:
-        for w in re.findall(r"\w+|[^\w\s]", t):
-            vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="[BOS]")
+word_tokenizer = tiny_models.text_tokenizer
 
 
 def write_routing(path, K: int, k: int, rows: list[tuple[str, int, int, list[int]]]):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 
 import polars as pl
 import pytest
 
+import tiny_models
 from routelab.config import section
 from routelab.errors import RoutelabError
 from routelab.prompts import (
@@ -23,19 +23,7 @@ from routelab.prompts import (
 from routelab.vocab import AXES, Vocabulary
 
 
-def word_tokenizer(texts: list[str]):
-    """A fast word-level tokenizer (BOS added) trained on ``texts`` in milliseconds."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "[BOS]": 1}
-    for t in texts:
-        for w in re.findall(r"\w+|[^\w\s]", t):
-            vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # splits "middle-aged" into 3 tokens
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="[BOS]")
+word_tokenizer = tiny_models.text_tokenizer
 
 
 def all_texts(vocab: Vocabulary) -> list[str]:

@@ -76,6 +76,23 @@ def word_tokenizer(words: list[str]):
                                    unk_token="<unk>")
 
 
+def text_tokenizer(texts: list[str]):
+    """A word-level fast tokenizer over the words of ``texts`` ([UNK] 0, [BOS] 1, BOS prepended)."""
+    import re
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[BOS]": 1}
+    for t in texts:
+        for w in re.findall(r"\w+|[^\w\s]", t):
+            vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # splits "middle-aged" into 3 tokens
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="[BOS]")
+
+
 WORDS = "the a doctor nurse female male old young engineer teacher is was kind . , and of".split()
 
 

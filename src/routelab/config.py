@@ -88,3 +88,11 @@ def section(cls: type[T], values: dict[str, Any] | None, name: str) -> T:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise RoutelabError(f"params section '{name}': {exc}") from None
+
+
+def check_choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A string option must be one of ``allowed``; the error suggests the nearest."""
+    if value not in allowed:
+        near = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        raise RoutelabError(f"{where}: unknown value '{value}'.{hint} Available: {', '.join(allowed)}")

@@ -32,7 +32,6 @@ carries its provenance in the Parquet metadata (METHOD.md §2).
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from routelab.config import check_choice
 from routelab.errors import RoutelabError
 from routelab.io import atomic_path
 from routelab.prompts import NEUTRAL, load_prompts
@@ -84,7 +84,7 @@ class DetectParams:
     reverse: bool = False  # flip Δ: steer AGAINST the behaviour (research use only)
 
     def __post_init__(self) -> None:
-        _choice("detect.behaviour", self.behaviour, BEHAVIOURS)
+        check_choice("detect.behaviour", self.behaviour, BEHAVIOURS)
         if self.n_plus < 0 or self.n_minus < 0:
             raise RoutelabError(f"detect.n_plus and n_minus must be >= 0, found {self.n_plus}, {self.n_minus}")
 
@@ -100,19 +100,12 @@ class SafexParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("safex.score", self.score, ("difference", "abs_difference", "rate"))
-        _choice("safex.split", self.split, ("validation", "test", "all"))
+        check_choice("safex.score", self.score, ("difference", "abs_difference", "rate"))
+        check_choice("safex.split", self.split, ("validation", "test", "all"))
         if self.n_resamples < 1:
             raise RoutelabError(f"safex.n_resamples must be >= 1, found {self.n_resamples}")
         if not 0 < self.alpha <= 1:
             raise RoutelabError(f"safex.alpha must be in (0, 1], found {self.alpha}")
-
-
-def _choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        near = difflib.get_close_matches(value, allowed, n=1)
-        hint = f" Did you mean '{near[0]}'?" if near else ""
-        raise RoutelabError(f"{where}: unknown value '{value}'.{hint} Available: {', '.join(allowed)}")
 
 
 # --------------------------------------------------------------------------------------
@@ -122,7 +115,7 @@ def _choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def load_items(path: str | Path, behaviour: str) -> list[dict[str, Any]]:
     """Read a JSONL file of items for ``behaviour``; every line needs REQUIRED_FIELDS."""
-    _choice("behaviour", behaviour, BEHAVIOURS)
+    check_choice("behaviour", behaviour, BEHAVIOURS)
     p = Path(path)
     if not p.exists():
         raise RoutelabError(f"pairs file {p} not found (detect.pairs): give an existing JSONL file or null")
@@ -154,7 +147,7 @@ def load_items(path: str | Path, behaviour: str) -> list[dict[str, Any]]:
 
 def builtin_items(behaviour: str) -> list[dict[str, Any]]:
     """The small built-in example set for ``behaviour`` (src/routelab/data/*.jsonl)."""
-    _choice("behaviour", behaviour, BEHAVIOURS)
+    check_choice("behaviour", behaviour, BEHAVIOURS)
     ref = resources.files("routelab") / "data" / BUILTIN_FILES[behaviour]
     with resources.as_file(ref) as path:
         return load_items(path, behaviour)
@@ -260,7 +253,7 @@ def safety_pairs(items: list[dict[str, Any]]) -> pl.DataFrame:
 
 def build_pairs(behaviour: str, items: list[dict[str, Any]], *, include_descriptor: bool = False) -> pl.DataFrame:
     """Dispatch to the pair builder of ``behaviour``."""
-    _choice("behaviour", behaviour, BEHAVIOURS)
+    check_choice("behaviour", behaviour, BEHAVIOURS)
     if behaviour == "fairness":
         return fairness_pairs(items, include_descriptor=include_descriptor)
     if behaviour == "faithfulness":
@@ -514,7 +507,7 @@ def safex_select(
     N = int(math.floor(alpha * K))
     if N < 1:
         raise RoutelabError(f"safex: alpha={alpha} gives N = floor(alpha * K) = 0 for K={K}: raise safex.alpha")
-    _choice("safex.score", score, ("difference", "abs_difference", "rate"))
+    check_choice("safex.score", score, ("difference", "abs_difference", "rate"))
     pos_idx = np.flatnonzero(positive)
     neg_idx = np.flatnonzero(negative) if negative is not None else np.array([], int)
     if pos_idx.size == 0:

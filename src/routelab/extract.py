@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,14 @@ from routelab.io import atomic_path, write_text
 from routelab.models import LoadedModel
 from routelab.routing import RoutingEdit, attach
 from routelab.routing_schema import RoutingMeta, arrow_schema
+
+
+@dataclass
+class ExtractParams:
+    """The ``extract`` section of params.yaml."""
+
+    chunk_size: int = 512  # prompts per resumable shard (bounds memory; a killed run resumes per shard)
+    max_length: int | None = None  # truncate prompts to this many tokens (None: never)
 
 
 def read_prompts(path: str | Path) -> list[tuple[str, str]]:

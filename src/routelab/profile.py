@@ -49,7 +49,6 @@ derives from those counts.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse, stats
 
+from routelab.config import check_choice
 from routelab.errors import RoutelabError
 from routelab.io import atomic_path
 from routelab.prompts import NEUTRAL, load_prompts
@@ -108,26 +108,19 @@ class ProfileParams:
     seed: int = 0  # permutation RNG
 
     def __post_init__(self) -> None:
-        _choice("profile.aggregation", self.aggregation, ("mean", "max"))
-        _choice("profile.layer_metrics", self.layer_metrics, ("decompose", "broadcast"))
-        _choice("profile.split", self.split, ("validation", "test", "all"))
+        check_choice("fsp.aggregation", self.aggregation, ("mean", "max"))
+        check_choice("fsp.layer_metrics", self.layer_metrics, ("decompose", "broadcast"))
+        check_choice("fsp.split", self.split, ("validation", "test", "all"))
         if not (self.smoothing > 0 and math.isfinite(self.smoothing)):
             raise RoutelabError(
-                f"profile.smoothing must be a finite pseudo-count > 0 (found {self.smoothing}): "
+                f"fsp.smoothing must be a finite pseudo-count > 0 (found {self.smoothing}): "
                 "PMI takes log2 of smoothed rates and a zero count would give -inf"
             )
         for name, w in asdict(self.weights).items():
             if not math.isfinite(w):
-                raise RoutelabError(f"profile.weights.{name} must be finite, found {w}")
+                raise RoutelabError(f"fsp.weights.{name} must be finite, found {w}")
         if self.n_permutations < 0:
-            raise RoutelabError(f"profile.n_permutations must be >= 0, found {self.n_permutations}")
-
-
-def _choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        near = difflib.get_close_matches(value, allowed, n=1)
-        hint = f" Did you mean '{near[0]}'?" if near else ""
-        raise RoutelabError(f"{where}: unknown value '{value}'.{hint} Available: {', '.join(allowed)}")
+            raise RoutelabError(f"fsp.n_permutations must be >= 0, found {self.n_permutations}")
 
 
 # --------------------------------------------------------------------------------------
@@ -335,7 +328,7 @@ def prompt_counts(
         for c in ("desc_start", "desc_end"):
             if c not in prompts.columns:
                 raise RoutelabError(
-                    f"profile.exclude_descriptor needs the prompts table column '{c}': build the "
+                    f"fsp.exclude_descriptor needs the prompts table column '{c}': build the "
                     "prompts with a tokenizer (routelab.prompts.build_prompts)"
                 )
         spans = prompts.select(
@@ -344,7 +337,7 @@ def prompt_counts(
         demo_missing = prompts.filter(pl.col("axis").is_not_null() & pl.col("desc_start").is_null())
         if demo_missing.height:
             raise RoutelabError(
-                f"profile.exclude_descriptor: {demo_missing.height} demographic prompts have no "
+                f"fsp.exclude_descriptor: {demo_missing.height} demographic prompts have no "
                 "descriptor token span (desc_start is null): build the prompts with a tokenizer"
             )
         q = (
@@ -535,7 +528,7 @@ def compute_profile(
     if not use.any():
         raise RoutelabError(
             f"{name}: no counted tokens for prompts of split '{cfg.split}': extract routing for that "
-            "split, or set profile.split to the split that was extracted (validation | test | all)"
+            "split, or set fsp.split to the split that was extracted (validation | test | all)"
         )
     groups_all = prompts["group"].to_numpy()
     is_neutral = groups_all == NEUTRAL

@@ -14,3 +14,14 @@ def run_stage(main: Callable[[], None]) -> None:
     except RoutelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def stage_args(doc: str, *required: str):
+    """Parse a stage's command line: the ``required`` path options plus ``--params``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name in required:
+        ap.add_argument(name, required=True)
+    ap.add_argument("--params", default="params.yaml")
+    return ap.parse_args()
