@@ -111,7 +111,7 @@ def evaluate(
 def headline(results: dict[str, Any], part: str = "test") -> str:
     """One line of the headline numbers (for a stage summary)."""
     keys = {"crows_pairs": "pct_stereotype", "crows_pairs_revised": "pct_stereotype", "truthfulqa": "mc1",
-            "perplexity": "perplexity", "bbq": "s_dis", "stereoset": "icat"}
+            "perplexity": "ppl", "bbq": "s_dis", "stereoset": "icat"}
     bits = []
     for name, by_split in results.items():
         m = by_split.get(part, {})
