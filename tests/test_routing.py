@@ -225,7 +225,7 @@ def test_bad_profiles_are_refused(olmoe):
     _refused(model, adapter, RoutingEdit.arr(wrong_k, 1.0), r"shape \(6,\), expected \(8,\)")
     with pytest.raises(RoutelabError, match="NaN"):
         RoutingEdit.arr(pl.DataFrame({"layer": [0] * 8, "expert": list(range(8)), "phi": [float("nan")] * 8}), 1.0)
-    with pytest.raises(RoutelabError, match="missing column"):
+    with pytest.raises(RoutelabError, match="lacks columns"):
         RoutingEdit.arr(pl.DataFrame({"layer": [0], "expert": [0]}), 1.0)
     _refused(model, adapter, RoutingEdit.mask({0: list(range(7))}), "fewer than k=2 experts")
     _refused(model, adapter, RoutingEdit.mask({7: [0]}), "not an MoE layer")

@@ -707,7 +707,7 @@ def load_profile(
     per_layer = df.group_by("layer").agg(n=pl.len(), lo=pl.col("expert").min(), hi=pl.col("expert").max())
     k_found = sorted(set(per_layer["n"].to_list()))
     K = num_experts if num_experts is not None else (k_found[0] if len(k_found) == 1 else None)
-    bad = per_layer.filter((pl.col("n") != K) | (pl.col("lo") != 0) | (pl.col("hi") != (K or 0) - 1))
+    bad = None if K is None else per_layer.filter((pl.col("n") != K) | (pl.col("lo") != 0) | (pl.col("hi") != K - 1))
     if K is None or bad.height:
         raise RoutelabError(
             f"{name}: a profile of the wrong shape: expected experts 0..{(K or 0) - 1} in every layer, "

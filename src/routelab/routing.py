@@ -180,35 +180,15 @@ class RoutingEdit:
 
 
 def read_profile(profile: pl.DataFrame | str | Path) -> dict[int, torch.Tensor]:
-    """{layer: φ_l (K,) float32} from a profile table, checked (complete, finite)."""
-    name = str(profile) if isinstance(profile, (str, Path)) else "profile DataFrame"
-    if isinstance(profile, (str, Path)):
-        if not Path(profile).exists():
-            raise RoutelabError(f"profile {profile} not found: run the `profile` stage first")
-        try:
-            profile = pl.read_parquet(profile, columns=["layer", "expert", "phi"])
-        except Exception as exc:  # noqa: BLE001
-            raise RoutelabError(f"profile {name}: expected a Parquet with columns layer, expert, phi ({exc})") from None
-    missing = {"layer", "expert", "phi"} - set(profile.columns)
-    if missing:
-        raise RoutelabError(f"profile {name}: missing column(s) {sorted(missing)}; expected layer, expert, phi")
-    if profile.height == 0:
-        raise RoutelabError(f"profile {name} is empty")
-    out: dict[int, torch.Tensor] = {}
-    for (layer,), grp in profile.sort("layer", "expert").group_by(["layer"], maintain_order=True):
-        experts = grp["expert"].to_list()
-        if experts != list(range(len(experts))):
-            raise RoutelabError(
-                f"profile {name}, layer {layer}: experts must be 0..K-1 once each, found {experts[:10]}…"
-            )
-        phi = torch.tensor(grp["phi"].to_list(), dtype=torch.float32)
-        if not torch.isfinite(phi).all():
-            raise RoutelabError(f"profile {name}, layer {layer}: phi holds NaN or inf")
-        out[int(layer)] = phi
-    sizes = {v.numel() for v in out.values()}
-    if len(sizes) != 1:
-        raise RoutelabError(f"profile {name}: layers have different expert counts {sorted(sizes)}")
-    return out
+    """{layer: φ_l (K,) float32} from a profile table, checked by routelab.profile.load_profile
+    (one row per (layer, expert), experts 0..K-1 in every layer, finite φ)."""
+    from routelab.profile import load_profile
+
+    df = load_profile(profile)  # an empty table fails its shape check
+    return {
+        int(layer): torch.tensor(grp["phi"].to_list(), dtype=torch.float32)
+        for (layer,), grp in df.group_by(["layer"], maintain_order=True)
+    }
 
 
 def apply_edit(logits: torch.Tensor, edit: LayerEdit) -> torch.Tensor:
