@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from routelab.errors import RoutelabError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
@@ -57,3 +59,18 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_table(source: str | Path | Any, what: str, stage: str) -> tuple[Any, str]:
+    """(polars DataFrame, display name) from a Parquet path or a DataFrame given as is.
+
+    A missing file is an error that names it and the stage that writes it.
+    """
+    import polars as pl
+
+    if isinstance(source, pl.DataFrame):
+        return source, f"{what} table"
+    p = Path(source)
+    if not p.exists():
+        raise RoutelabError(f"{what} file {p} not found: run the `{stage}` stage first")
+    return pl.read_parquet(p), str(p)

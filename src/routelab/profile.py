@@ -60,7 +60,7 @@ from scipy import sparse, stats
 
 from routelab.config import check_choice
 from routelab.errors import RoutelabError
-from routelab.io import atomic_path
+from routelab.io import atomic_path, read_table
 from routelab.prompts import NEUTRAL, load_prompts
 from routelab.routing_schema import RoutingMeta, read_meta
 
@@ -689,13 +689,7 @@ def load_profile(
 ) -> pl.DataFrame:
     """Read and check a φ profile: one row per (layer, expert), experts 0..K-1 in every layer,
     a finite ``column``; optionally the model's K and MoE layers. Returns it sorted."""
-    if isinstance(source, pl.DataFrame):
-        df, name = source, "profile table"
-    else:
-        p = Path(source)
-        if not p.exists():
-            raise RoutelabError(f"profile file {p} not found: run the `profile` stage first")
-        df, name = pl.read_parquet(p), str(p)
+    df, name = read_table(source, "profile", "profile")
     missing = [c for c in ("layer", "expert", column) if c not in df.columns]
     if missing:
         raise RoutelabError(f"{name} lacks columns {missing} (has {df.columns}): write it with routelab.profile")

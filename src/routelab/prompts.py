@@ -50,7 +50,7 @@ import numpy as np
 import polars as pl
 
 from routelab.errors import RoutelabError
-from routelab.io import atomic_path
+from routelab.io import atomic_path, read_table
 from routelab.vocab import AXES, Vocabulary
 
 NEUTRAL = "neutral"  # the `group` value of neutral prompts (their `axis` is null)
@@ -383,13 +383,7 @@ REQUIRED = ("prompt_id", "text", "axis", "group", "context_id", "split")
 
 def load_prompts(source: str | Path | pl.DataFrame) -> pl.DataFrame:
     """Read a prompt table (Parquet path or DataFrame) and check the columns profiling needs."""
-    if isinstance(source, pl.DataFrame):
-        df, name = source, "prompts table"
-    else:
-        p = Path(source)
-        if not p.exists():
-            raise RoutelabError(f"prompts file {p} not found: run the `prompts` stage first")
-        df, name = pl.read_parquet(p), str(p)
+    df, name = read_table(source, "prompts", "prompts")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise RoutelabError(

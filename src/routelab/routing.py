@@ -159,7 +159,6 @@ class RoutingEdit:
                     )
                 if not torch.isfinite(e.bias).all():
                     raise RoutelabError(f"{where}: bias/profile holds NaN or inf; recompute the profile")
-            enabled = num_experts - len(e.masked)
             for name, ids in (("mask", e.masked), ("activate", e.activate), ("deactivate", e.deactivate)):
                 out = [i for i in ids if not 0 <= i < num_experts]
                 if out:
@@ -171,7 +170,7 @@ class RoutingEdit:
                 if set(a) & set(b):
                     raise RoutelabError(f"{where}: experts {sorted(set(a) & set(b))} both {what}")
             left = num_experts - len(set(e.masked) | set(e.deactivate))
-            if enabled < top_k or left < top_k:
+            if left < top_k:  # masked ∪ deactivated, so this covers masks alone too
                 raise RoutelabError(
                     f"{where}: leaves fewer than k={top_k} experts enabled "
                     f"({left} neither masked nor deactivated of {num_experts}); renormalisation would "
@@ -320,10 +319,6 @@ class RoutingSession:
         return self.adapter.probabilities(call.logits)
 
 
-def _model_sizes(model: nn.Module, adapter: RouterAdapter) -> tuple[int, int]:
-    return adapter.sizes(model.config)
-
-
 @contextlib.contextmanager
 def attach(
     model: nn.Module | Any,
@@ -349,7 +344,7 @@ def attach(
             "(a nested attach would record the routing before the outer edit)"
         )
     routers = find_routers(model, adapter)
-    num_experts, top_k = _model_sizes(model, adapter)
+    num_experts, top_k = adapter.sizes(model.config)
     edit = edit or RoutingEdit()
     edit.validate(list(routers), num_experts, top_k)
     if check_parity:
