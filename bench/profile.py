@@ -30,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from routelab.routing_schema import RoutingMeta, arrow_schema
+from routelab.tables import RoutingMeta, routing_schema as arrow_schema
 
 L, K, TOP_K = 16, 64, 8  # OLMoE-1B-7B
 PLANT_LAYER = 5
@@ -111,7 +111,8 @@ def generate(workdir: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
 CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-from routelab.profile import ProfileParams, compute_profile, write_parquet
+from routelab.io import write_parquet
+from routelab.profile import ProfileParams, compute_profile
 t_import = time.perf_counter() - t0
 t0 = time.perf_counter()
 prof, la, d = compute_profile(sys.argv[1], sys.argv[2], ProfileParams(split="all", n_permutations=int(sys.argv[4])))

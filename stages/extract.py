@@ -5,7 +5,8 @@ Usage: python -m stages.extract --model testbed --prompts data/prompts/testbed.p
 """
 
 from routelab.config import load_params, section
-from routelab.extract import ExtractParams, extract_routing, read_prompts
+from routelab.extract import ExtractParams, extract_routing
+from routelab.tables import read_prompt_texts
 from routelab.io import write_json
 from routelab.models import load_model, model_spec
 from routelab.stage import run_stage, stage_args
@@ -17,7 +18,7 @@ def main() -> None:
     cfg = section(ExtractParams, params.get("extract"), "extract")
     spec = model_spec(params, args.model)
     lm = load_model(spec)
-    summary = extract_routing(lm, read_prompts(args.prompts), args.out, batch_size=spec.batch_size,
+    summary = extract_routing(lm, read_prompt_texts(args.prompts), args.out, batch_size=spec.batch_size,
                               chunk_size=cfg.chunk_size, max_length=cfg.max_length, model_name=args.model)
     summary["bytes_per_token_layer"] = summary["bytes"] / max(summary["rows"], 1)
     for volatile in ("seconds", "tokens_computed"):  # the same params must give the same metrics

@@ -12,8 +12,8 @@ from pathlib import Path
 from routelab import plots
 from routelab.config import load_params, section
 from routelab.detect import SafexParams, safex_fairness
-from routelab.io import write_json
-from routelab.profile import ProfileParams, compute_profile, write_parquet
+from routelab.io import write_json, write_parquet
+from routelab.profile import ProfileParams, compute_profile
 from routelab.stage import run_stage, stage_args
 
 

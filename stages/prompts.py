@@ -10,9 +10,9 @@ models, a testbed corpus directory for the testbed (its own, in-distribution wor
 from transformers import AutoTokenizer
 
 from routelab.config import load_params, section
-from routelab.io import write_json
 from routelab.models import model_spec
-from routelab.prompts import PromptsParams, build_prompts, english_vocabulary, summary, write_prompts
+from routelab.io import write_json, write_parquet
+from routelab.prompts import PromptsParams, build_prompts, english_vocabulary, summary
 from routelab.stage import run_stage, stage_args
 from routelab.testbed import load_vocabulary
 
@@ -26,7 +26,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code,
                                               revision=spec.revision)
     df = build_prompts(vocab, tokenizer, cfg)
-    write_prompts(df, args.out)
+    write_parquet(df, args.out)
     s = summary(df)
     write_json(args.metrics, s)
     print(f"prompts[{args.model}]: {s['n_neutral']} neutral + {s['n_demographic']} demographic prompts "

@@ -34,7 +34,7 @@ from routelab.detect import (
 )
 from routelab.errors import RoutelabError
 from routelab.prompts import PromptsParams, build_prompts
-from routelab.routing_schema import RoutingMeta, arrow_schema
+from routelab.tables import RoutingMeta, routing_schema as arrow_schema
 from routelab.vocab import Vocabulary
 
 

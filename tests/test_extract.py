@@ -11,10 +11,11 @@ import torch.nn.functional as F
 import tiny_models as tm
 from routelab.cli import main as cli_main
 from routelab.errors import RoutelabError
-from routelab.extract import extract_routing, read_prompts
+from routelab.extract import extract_routing
+from routelab.tables import read_prompt_texts as read_prompts
 from routelab.models import ModelSpec, load_model
 from routelab.routing import attach
-from routelab.routing_schema import read_meta
+from routelab.tables import read_routing_meta as read_meta
 
 PROMPTS = [
     "the doctor is kind .",

@@ -16,7 +16,6 @@ import routelab.profile as prof
 from routelab.config import section
 from routelab.errors import RoutelabError
 from routelab.profile import (
-    PROFILE_COLUMNS,
     FspWeights,
     GroupCounts,
     ProfileParams,
@@ -27,7 +26,6 @@ from routelab.profile import (
     gini,
     js_terms,
     jsd,
-    load_profile,
     minmax_per_layer,
     permutation_test,
     phi_score,
@@ -35,7 +33,7 @@ from routelab.profile import (
     prompt_counts,
 )
 from routelab.prompts import PromptsParams, build_prompts
-from routelab.routing_schema import RoutingMeta, arrow_schema
+from routelab.tables import PROFILE_COLUMNS, RoutingMeta, load_profile, routing_schema as arrow_schema
 from routelab.vocab import Vocabulary
 
 # ---------------------------------------------------------------------------------------

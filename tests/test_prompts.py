@@ -10,16 +10,15 @@ import tiny_models
 from routelab.config import section
 from routelab.errors import RoutelabError
 from routelab.prompts import (
-    NEUTRAL,
     PromptsParams,
     _token_alignment,
     build_prompts,
     english_vocabulary,
     get_vocabulary,
-    load_prompts,
     summary,
-    write_prompts,
 )
+from routelab.io import write_parquet as write_prompts
+from routelab.tables import NEUTRAL, load_prompts
 from routelab.vocab import AXES, Vocabulary
 
 

@@ -42,12 +42,13 @@ def _check_arr_args(args) -> None:
 
 
 def cmd_extract(args) -> None:
-    from routelab.extract import extract_routing, read_prompts
+    from routelab.extract import extract_routing
+    from routelab.tables import read_prompt_texts
     from routelab.models import load_model
     from routelab.routing import RoutingEdit
 
     _check_arr_args(args)
-    prompts = read_prompts(args.prompts)
+    prompts = read_prompt_texts(args.prompts)
     lm = load_model(_spec(args))
     edit = RoutingEdit.arr(args.profile, args.lam, args.layers) if args.profile else None
     summary = extract_routing(lm, prompts, args.out, edit=edit, batch_size=args.batch_size,

@@ -47,7 +47,7 @@ import polars as pl
 from routelab.config import check_choice
 from routelab.errors import RoutelabError
 from routelab.io import atomic_path
-from routelab.prompts import NEUTRAL, load_prompts
+from routelab.tables import NEUTRAL, load_prompts, read_routing_meta
 
 BEHAVIOURS = ("fairness", "faithfulness", "safety")
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -312,9 +312,7 @@ def token_spans(pairs: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
 
 def routing_for_pairs(routing_path: str | Path, pairs: pl.DataFrame) -> pl.LazyFrame:
     """Lazy (pair_id, side, layer, pos, topk) rows of a routing log extracted for ``pairs``."""
-    from routelab.routing_schema import read_meta
-
-    read_meta(routing_path)  # a clear error when it is not a routing log
+    read_routing_meta(routing_path)  # a clear error when it is not a routing log
     lf = pl.scan_parquet(routing_path).select("prompt_id", "layer", "pos", "topk")
     ids = pairs.select("prompt_id", "pair_id", "side")
     present = lf.select(pl.col("prompt_id").unique()).collect(engine="streaming")

@@ -1,4 +1,4 @@
-"""Routing extraction: prompts → data/routing/<model>.parquet (schema: routelab.routing_schema).
+"""Routing extraction: prompts → data/routing/<model>.parquet (schema: routelab.tables).
 
 Memory is bounded whatever the number of prompts: prompts are processed in chunks (in
 prompt order; length-bucketed batches inside a chunk), each chunk is written as one shard
@@ -28,7 +28,7 @@ from routelab.errors import RoutelabError
 from routelab.io import atomic_path, write_text
 from routelab.models import LoadedModel
 from routelab.routing import RoutingEdit, attach
-from routelab.routing_schema import RoutingMeta, arrow_schema
+from routelab.tables import RoutingMeta, routing_schema
 
 
 @dataclass
@@ -37,25 +37,6 @@ class ExtractParams:
 
     chunk_size: int = 512  # prompts per resumable shard (bounds memory; a killed run resumes per shard)
     max_length: int | None = None  # truncate prompts to this many tokens (None: never)
-
-
-def read_prompts(path: str | Path) -> list[tuple[str, str]]:
-    """(prompt_id, text) from a .txt (one prompt per line; id = line number from 0; blank
-    lines skipped, ids unchanged) or a Parquet with columns prompt_id and text."""
-    path = Path(path)
-    if not path.exists():
-        raise RoutelabError(f"prompts file {path} not found")
-    if path.suffix == ".parquet":
-        try:
-            df = pl.read_parquet(path, columns=["prompt_id", "text"])
-        except Exception as exc:  # noqa: BLE001
-            raise RoutelabError(f"prompts file {path}: expected a Parquet with columns prompt_id, text ({exc})") from None
-        ids = [str(i) for i in df["prompt_id"].to_list()]
-        if len(set(ids)) != len(ids):
-            raise RoutelabError(f"prompts file {path}: prompt_id values are not unique")
-        return list(zip(ids, df["text"].to_list()))
-    lines = path.read_text().splitlines()
-    return [(str(i), line) for i, line in enumerate(lines) if line.strip()]
 
 
 def _fingerprint(
@@ -123,7 +104,7 @@ def extract_routing(
         score_fn=lm.adapter.score_fn,
         edit=(edit.description or {"kind": "custom"}) if edit is not None and edit.layers else None,
     )
-    schema = arrow_schema(meta)
+    schema = routing_schema(meta)
     parts = out.with_name(out.name + ".parts")
     fingerprint = _fingerprint(prompts, meta, lm, edit, chunk_size, max_length)
     manifest = parts / "manifest.json"

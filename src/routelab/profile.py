@@ -2,7 +2,8 @@
 
 Usage (what the `profile` stage calls)::
 
-    from routelab.profile import ProfileParams, compute_profile, write_parquet
+    from routelab.profile import ProfileParams, compute_profile
+    from routelab.io import write_parquet
     profile, layer_axis, descriptors = compute_profile(
         "data/routing/olmoe.parquet", "data/prompts/olmoe.parquet", ProfileParams())
     write_parquet(profile, "data/profiles/olmoe.parquet")   # read by `routelab extract --profile`
@@ -60,28 +61,9 @@ from scipy import sparse, stats
 
 from routelab.config import check_choice
 from routelab.errors import RoutelabError
-from routelab.io import atomic_path, read_table
-from routelab.prompts import NEUTRAL, load_prompts
-from routelab.routing_schema import RoutingMeta, read_meta
+from routelab.tables import NEUTRAL, PROFILE_COLUMNS, RoutingMeta, load_prompts, read_routing_meta
 
 METRICS = ("ard", "jsd", "pmi", "entropy")
-
-# Columns of the profile table (one row per (layer, expert)).
-PROFILE_COLUMNS = (
-    "layer",  # true decoder-layer index of the MoE block (as in the routing log)
-    "expert",  # routed expert index 0..K-1
-    "f",  # activation rate over all counted tokens (neutral + demographic), in [0, 1]
-    "p_neutral",  # P(e): activation rate on neutral prompts
-    "p_demographic",  # activation rate on all demographic prompts pooled
-    "ard", "jsd", "pmi", "entropy",  # raw metrics aggregated over groups (module docstring)
-    "ard_norm", "jsd_norm", "pmi_norm", "entropy_norm",  # per-layer min-max normalised
-    "phi",  # Σ w_i · m̂_i: the FSP sensitivity score ARR reads
-    "ard_top_group",  # the group with the largest ARD for this expert
-    "layer_jsd",  # JSD(pooled demographic ‖ neutral) of the layer, bits (layer-constant)
-    "layer_entropy_neutral",  # H(D_n) of the layer, bits (layer-constant)
-    "layer_entropy_demographic",  # H(D_d), pooled demographic, bits (layer-constant)
-)  # fmt: skip
-
 
 @dataclass
 class FspWeights:
@@ -299,7 +281,7 @@ def prompt_counts(
     table absent from the file get zero counts (callers check what they need).
     """
     routing_path = Path(routing_path)
-    meta = read_meta(routing_path)
+    meta = read_routing_meta(routing_path)
     K, k = int(meta.num_experts), int(meta.top_k)
     layers = np.asarray(meta.moe_layers, dtype=np.int64)
     L = layers.size
@@ -313,7 +295,7 @@ def prompt_counts(
     need = ["prompt_id", "layer", "topk"] + (["pos"] if skip_first_token or exclude_descriptor else [])
     missing = [c for c in need if c not in names]
     if missing:
-        raise RoutelabError(f"{routing_path} lacks columns {missing}: not a routing log (see routing_schema)")
+        raise RoutelabError(f"{routing_path} lacks columns {missing}: not a routing log (see routelab.tables)")
 
     ids = prompts["prompt_id"].to_list()
     P = len(ids)
@@ -672,44 +654,3 @@ def _axis_order(axis: str) -> int:
     from routelab.vocab import AXES
 
     return AXES.index(axis) if axis in AXES else len(AXES)
-
-
-def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
-    """Write a table as Parquet, atomically (routelab.io)."""
-    with atomic_path(path) as tmp:
-        df.write_parquet(tmp)
-
-
-def load_profile(
-    source: str | Path | pl.DataFrame,
-    *,
-    num_experts: int | None = None,
-    layers: list[int] | None = None,
-    column: str = "phi",
-) -> pl.DataFrame:
-    """Read and check a φ profile: one row per (layer, expert), experts 0..K-1 in every layer,
-    a finite ``column``; optionally the model's K and MoE layers. Returns it sorted."""
-    df, name = read_table(source, "profile", "profile")
-    missing = [c for c in ("layer", "expert", column) if c not in df.columns]
-    if missing:
-        raise RoutelabError(f"{name} lacks columns {missing} (has {df.columns}): write it with routelab.profile")
-    vals = df[column].cast(pl.Float64)
-    if vals.null_count() or not np.isfinite(vals.to_numpy()).all():
-        raise RoutelabError(f"{name}: column '{column}' holds NaN, inf or null values; recompute the profile")
-    if df.select("layer", "expert").is_duplicated().any():
-        raise RoutelabError(f"{name}: duplicate (layer, expert) rows: one row per (layer, expert) expected")
-    per_layer = df.group_by("layer").agg(n=pl.len(), lo=pl.col("expert").min(), hi=pl.col("expert").max())
-    k_found = sorted(set(per_layer["n"].to_list()))
-    K = num_experts if num_experts is not None else (k_found[0] if len(k_found) == 1 else None)
-    bad = None if K is None else per_layer.filter((pl.col("n") != K) | (pl.col("lo") != 0) | (pl.col("hi") != K - 1))
-    if K is None or bad.height:
-        raise RoutelabError(
-            f"{name}: a profile of the wrong shape: expected experts 0..{(K or 0) - 1} in every layer, "
-            f"found per-layer counts {k_found}; recompute the profile for this model"
-        )
-    if layers is not None and sorted(per_layer["layer"].to_list()) != sorted(layers):
-        raise RoutelabError(
-            f"{name}: layers {sorted(per_layer['layer'].to_list())} but the model's MoE layers are "
-            f"{sorted(layers)}: a profile of another model; recompute it from this model's routing"
-        )
-    return df.sort("layer", "expert")

@@ -2,9 +2,10 @@
 
 Usage (what the `prompts` stage calls)::
 
-    from routelab.prompts import PromptsParams, build_prompts, english_vocabulary, write_prompts
+    from routelab.prompts import PromptsParams, build_prompts, english_vocabulary
+    from routelab.io import write_parquet
     df = build_prompts(english_vocabulary(), tokenizer, PromptsParams(n_demographic=3280))
-    write_prompts(df, "data/prompts/olmoe.parquet")
+    write_parquet(df, "data/prompts/olmoe.parquet")
 
 A *context* is one (template, profession) pair. Each context yields one neutral prompt
 ("The doctor carefully examined the patient.") and demographic variants that insert ONE
@@ -50,32 +51,8 @@ import numpy as np
 import polars as pl
 
 from routelab.errors import RoutelabError
-from routelab.io import atomic_path, read_table
+from routelab.tables import NEUTRAL, PROMPT_COLUMNS
 from routelab.vocab import AXES, Vocabulary
-
-NEUTRAL = "neutral"  # the `group` value of neutral prompts (their `axis` is null)
-SPLITS = ("validation", "test")
-
-# Column order of the prompts table (one row per prompt).
-COLUMNS = (
-    "prompt_id",  # "t03p07-neutral" / "t03p07-gender-female": unique, stable across runs
-    "text",  # the prompt text
-    "axis",  # one of vocab.AXES; null for neutral prompts
-    "group",  # the descriptor ("female"); "neutral" for neutral prompts
-    "context_id",  # "t03p07": template 3 x profession 7
-    "template_id",  # index into Vocabulary.templates
-    "profession",
-    "split",  # validation | test, by context
-    "desc_char_start",  # char span of the descriptor in `text` (null for neutral)
-    "desc_char_end",
-    "prof_char_start",  # char offset of the profession in `text`
-    "n_tokens",  # token count with special tokens (null without a tokenizer)
-    "n_descriptor_tokens",  # n_tokens - n_tokens(neutral of the context); 0 for neutral
-    "desc_start",  # token span [desc_start, desc_end) of the descriptor (null for neutral)
-    "desc_end",
-    "length_matched",  # see the module docstring; null without a tokenizer
-)
-
 
 @dataclass
 class PromptsParams:
@@ -219,12 +196,12 @@ def _token_alignment(neutral: list[int], variant: list[int]) -> tuple[int, int, 
 
 
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    # Special tokens in, as the routing log counts positions (routing_schema: pos).
+    # Special tokens in, as the routing log counts positions (routelab.tables: pos).
     return list(tokenizer(texts, add_special_tokens=True)["input_ids"])
 
 
 def build_prompts(vocab: Vocabulary, tokenizer: Any | None, cfg: PromptsParams) -> pl.DataFrame:
-    """The prompt table (columns: ``COLUMNS``), neutral prompts and their variants.
+    """The prompt table (columns: ``tables.PROMPT_COLUMNS``), neutral prompts and their variants.
 
     ``tokenizer`` (a Hugging Face tokenizer, or None): fills n_tokens, the descriptor token
     spans and ``length_matched``; without it those columns are null.
@@ -347,7 +324,7 @@ def build_prompts(vocab: Vocabulary, tokenizer: Any | None, cfg: PromptsParams) 
         "prof_char_start": pl.Int32, "n_tokens": pl.Int32, "n_descriptor_tokens": pl.Int32,
         "desc_start": pl.Int32, "desc_end": pl.Int32, "length_matched": pl.Boolean,
     }  # fmt: skip
-    df = pl.DataFrame(rows, schema=schema).select(COLUMNS)
+    df = pl.DataFrame(rows, schema=schema).select(PROMPT_COLUMNS)
     if df["prompt_id"].n_unique() != df.height:  # two descriptors with the same slug
         dup = df.filter(pl.col("prompt_id").is_duplicated())["prompt_id"].head(3).to_list()
         raise RoutelabError(f"duplicate prompt ids {dup}: two descriptors of an axis share a slug")
@@ -370,33 +347,3 @@ def summary(df: pl.DataFrame) -> dict[str, Any]:
     if df["length_matched"].null_count() == 0:
         out["n_demographic_length_matched"] = demo.filter(pl.col("length_matched")).height
     return out
-
-
-def write_prompts(df: pl.DataFrame, path: str | Path) -> None:
-    """Write the prompt table as Parquet, atomically."""
-    with atomic_path(path) as tmp:
-        df.write_parquet(tmp)
-
-
-REQUIRED = ("prompt_id", "text", "axis", "group", "context_id", "split")
-
-
-def load_prompts(source: str | Path | pl.DataFrame) -> pl.DataFrame:
-    """Read a prompt table (Parquet path or DataFrame) and check the columns profiling needs."""
-    df, name = read_table(source, "prompts", "prompts")
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise RoutelabError(
-            f"{name} lacks columns {missing} (has {df.columns}): build it with "
-            "routelab.prompts.build_prompts"
-        )
-    if df["prompt_id"].n_unique() != df.height:
-        raise RoutelabError(f"{name}: prompt_id values are not unique")
-    bad = df.filter(pl.col("axis").is_null() != (pl.col("group") == NEUTRAL))
-    if bad.height:
-        raise RoutelabError(
-            f"{name}: {bad.height} rows mix a null axis with a non-neutral group (or the other "
-            f"way round), e.g. {bad['prompt_id'][0]!r}: neutral prompts have axis null and "
-            f"group '{NEUTRAL}'"
-        )
-    return df

@@ -34,6 +34,7 @@ from torch import nn
 
 from routelab.adapters import RouterAdapter
 from routelab.errors import RoutelabError
+from routelab.tables import load_profile
 
 STEER_EPS = 0.01  # ε of SteerMoE (METHOD.md §2)
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -179,10 +180,8 @@ class RoutingEdit:
 
 
 def read_profile(profile: pl.DataFrame | str | Path) -> dict[int, torch.Tensor]:
-    """{layer: φ_l (K,) float32} from a profile table, checked by routelab.profile.load_profile
+    """{layer: φ_l (K,) float32} from a profile table, checked by routelab.tables.load_profile
     (one row per (layer, expert), experts 0..K-1 in every layer, finite φ)."""
-    from routelab.profile import load_profile
-
     df = load_profile(profile)  # an empty table fails its shape check
     return {
         int(layer): torch.tensor(grp["phi"].to_list(), dtype=torch.float32)

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from routelab.errors import RoutelabError
+from routelab.io import atomic_dir
 from routelab.vocab import AXES, Vocabulary
 
 # --------------------------------------------------------------------------------------
@@ -549,32 +550,6 @@ CORPUS_FILES = {
 }
 
 
-@contextlib.contextmanager
-def _atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target``."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result is an ordinary folder
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):  # some writers (safetensors) create 0600 files
-            if f.is_file():
-                os.chmod(f, 0o666 & ~umask)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -621,7 +596,7 @@ def write_corpus(corpus: Corpus, out_dir: str | Path) -> dict[str, Any]:
         "n_facts": len(corpus.facts),
         "n_heldout_lines": len(corpus.heldout),
     }
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         (tmp / "crows_pairs").mkdir()
         (tmp / "truthfulqa").mkdir()
         with (tmp / CORPUS_FILES["corpus"]).open("w") as fh:
@@ -817,7 +792,7 @@ def save_model(model: Any, tokenizer: Any, log: dict[str, Any], out_dir: str | P
 
     The folder then loads like any real checkpoint: ``AutoModelForCausalLM.from_pretrained``.
     """
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # wall time stays out: the folder's hash must depend on the params alone
