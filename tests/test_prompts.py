@@ -14,7 +14,6 @@ from routelab.prompts import (
     _token_alignment,
     build_prompts,
     english_vocabulary,
-    get_vocabulary,
     summary,
 )
 from routelab.io import write_parquet as write_prompts
@@ -141,11 +140,6 @@ def test_params_section_and_validation():
         section(PromptsParams, {"n_demographics": 3280}, "prompts")
     with pytest.raises(RoutelabError, match="test_fraction"):
         PromptsParams(test_fraction=1.0)
-
-
-def test_unknown_vocabulary_names_options():
-    with pytest.raises(RoutelabError, match="Available: english, testbed"):
-        get_vocabulary("englsh")
 
 
 def test_duplicate_descriptor_across_axes_is_an_error():

@@ -305,3 +305,51 @@ def test_strong_penalty_selects_by_logits_not_by_underflowed_ties(olmoe):
     assert (F.softmax(z, -1)[:, 1:] == 0).all()  # the penalised experts really underflow
     assert _sets(call.index) == _sets(torch.topk(z, 2, dim=-1).indices)
     assert all(0 in row for row in call.index.tolist())
+
+
+# ---- per-row conditions: C edits in one batched forward ---------------------------------------
+def test_per_row_conditions_equal_separate_runs(family):
+    """Row b runs under condition ids[b]; every row must equal a separate run under that edit."""
+    import polars as pl
+
+    arch, model, adapter = family
+    routers = find_routers(model, adapter)
+    first, last = min(routers), max(routers)
+    phi = torch.linspace(0, 1, 8)[torch.randperm(8, generator=torch.Generator().manual_seed(7))]
+    table = pl.DataFrame({"layer": [last] * 8, "expert": list(range(8)), "phi": phi.tolist()})
+    conditions = [
+        None,  # baseline: no edit
+        RoutingEdit.arr(table, 2.0),  # ARR on the last layer only
+        RoutingEdit.mask({first: [0, 1]}) | RoutingEdit.steer(deactivate={last: [3]}),
+    ]
+    ids = [0, 1, 2, 1, 0, 2]
+    x = _ids(11, shape=(len(ids), 7))
+    mask = torch.ones_like(x)
+    with torch.no_grad(), attach(model, adapter, conditions=conditions, record=True) as s:
+        s.use_conditions(ids)
+        together = model(input_ids=x, attention_mask=mask).logits  # (6, 7, V)
+    for c, edit in enumerate(conditions):
+        rows = [b for b, i in enumerate(ids) if i == c]
+        with torch.no_grad(), attach(model, adapter, edit=edit) as _:
+            alone = model(input_ids=x[rows], attention_mask=mask[rows]).logits
+        torch.testing.assert_close(together[rows], alone, rtol=1e-5, atol=1e-5)
+    # the conditions really differ (else the test would pass for a hook that ignores ids)
+    assert not torch.allclose(together[0], together[1], atol=1e-4) or not torch.allclose(together[0], together[2], atol=1e-4)
+    # a masked expert never appears in condition 2's rows at the first MoE layer
+    call = next(r for r in s.records if r.layer == first)
+    rows2 = torch.tensor([i == 2 for i in ids]).repeat_interleave(7)
+    assert not (set(call.index[rows2].flatten().tolist()) & {0, 1})
+    assert set(call.index[~rows2].flatten().tolist()) & {0, 1}, "unmasked rows should still use experts 0/1"
+
+
+def test_per_row_conditions_need_ids_and_counts_calls(olmoe):
+    model, adapter = olmoe
+    with attach(model, adapter, conditions=[None, RoutingEdit.mask({0: [1]})]) as s:
+        with pytest.raises(RoutelabError, match="use_conditions"):
+            model(input_ids=_ids(), attention_mask=torch.ones(3, 9, dtype=torch.long))
+        with pytest.raises(RoutelabError, match="outside 0..1"):
+            s.use_conditions([0, 2, 1])
+        s.use_conditions([0, 1, 1])
+        s.calls.clear(), s.tokens.clear()
+        model(input_ids=_ids(), attention_mask=torch.ones(3, 9, dtype=torch.long))
+    assert s.calls == {layer: 1 for layer in s.moe_layers} and s.tokens == {layer: 27 for layer in s.moe_layers}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -84,8 +85,6 @@ def extract_routing(
     ``stop_after_chunks`` stops early without merging (used to simulate a killed run).
     Returns a summary dict (prompts, tokens, rows, bytes, seconds).
     """
-    import time
-
     if not prompts:
         raise RoutelabError("no prompts to extract")
     if batch_size < 1 or chunk_size < 1:

@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+import polars as pl
+
 from routelab.errors import RoutelabError
 
 
@@ -81,8 +84,6 @@ def write_json(target: str | Path, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
@@ -99,8 +100,6 @@ def read_table(source: str | Path | Any, what: str, stage: str) -> tuple[Any, st
 
     A missing file is an error that names it and the stage that writes it.
     """
-    import polars as pl
-
     if isinstance(source, pl.DataFrame):
         return source, f"{what} table"
     p = Path(source)

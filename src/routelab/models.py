@@ -10,9 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from routelab.adapters import RouterAdapter, adapter_for_config
+from routelab.adapters.deepseek_moe import install_compat
+from routelab.config import section
 from routelab.errors import RoutelabError
+from routelab.routing import find_routers
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,8 +68,6 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     def describe(self) -> dict[str, Any]:
-        import transformers
-
         return {
             "model": self.spec.path,
             "family": self.adapter.family,
@@ -82,15 +85,9 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
 
     Raises RoutelabError for a missing local directory or an unsupported architecture.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from routelab.routing import find_routers
-
     if isinstance(spec, str):
         spec = ModelSpec(path=spec)
     elif isinstance(spec, dict):
-        from routelab.config import section
-
         spec = section(ModelSpec, spec, "models.<name>")
     spec.path = str(Path(spec.path).expanduser()) if spec.path.startswith("~") else spec.path
     looks_local = spec.path.startswith((".", "/")) or Path(spec.path).exists() or spec.path.count("/") != 1
@@ -112,8 +109,6 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     adapter = adapter_for_config(config)  # unknown architecture → clear error, before loading weights
     model_kwargs = dict(kwargs, dtype=spec.resolved_dtype())
     if adapter.family == "DeepSeekMoE":
-        from routelab.adapters.deepseek_moe import install_compat
-
         install_compat()
         model_kwargs["use_cache"] = False
     if spec.device_map:
@@ -137,8 +132,6 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
 
 def model_spec(params: dict[str, Any], name: str) -> ModelSpec:
     """The spec of model ``name`` from params.yaml's ``models`` section."""
-    from routelab.config import section
-
     models = params.get("models") or {}
     if name not in models:
         raise RoutelabError(f"model {name!r} is not in params.yaml `models` (known: {', '.join(models)})")

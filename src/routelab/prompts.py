@@ -58,7 +58,6 @@ from routelab.vocab import AXES, Vocabulary
 class PromptsParams:
     """The ``prompts:`` section of params.yaml."""
 
-    vocabulary: str = "english"  # english (real models) | testbed (routelab.testbed.vocabulary())
     n_templates: int | None = None  # first n templates of the vocabulary; null = all
     n_professions: int | None = None  # first n professions; null = all
     n_demographic: int | None = None  # total demographic variants; null = full product
@@ -137,17 +136,6 @@ def english_vocabulary() -> Vocabulary:
     return Vocabulary(
         axes=dict(_ENGLISH_AXES), professions=_ENGLISH_PROFESSIONS, templates=_ENGLISH_TEMPLATES
     )
-
-
-def get_vocabulary(name: str) -> Vocabulary:
-    """``english`` or ``testbed`` (the testbed's own words, routelab.testbed.vocabulary())."""
-    if name == "english":
-        return english_vocabulary()
-    if name == "testbed":
-        from routelab import testbed  # imported lazily: the testbed pulls in torch
-
-        return testbed.vocabulary()
-    raise RoutelabError(f"prompts.vocabulary: unknown vocabulary '{name}'. Available: english, testbed")
 
 
 # --------------------------------------------------------------------------------------

@@ -189,26 +189,68 @@ def read_profile(profile: pl.DataFrame | str | Path) -> dict[int, torch.Tensor]:
     }
 
 
+class EditTable:
+    """The edits of one MoE layer for C conditions, as (C, K) tensors gathered per token.
+
+    A single edit is the case C = 1. Per-row conditions (``attach(..., conditions=[...])``)
+    let row b of a batch run under condition ``ids[b]``: C conditions are scored in one
+    batched forward, and each token's row of the table is ``table[ids[b]]``.
+    """
+
+    def __init__(self, edits: list[LayerEdit | None], num_experts: int, device: torch.device):
+        C, K = len(edits), num_experts
+        self.edited = torch.tensor([e is not None for e in edits], device=device)  # (C,)
+        live = [e or LayerEdit() for e in edits]
+        self.bias = None
+        if any(e.bias is not None for e in live):
+            self.bias = torch.stack([
+                torch.zeros(K) if e.bias is None else e.bias.detach().float().cpu() for e in live
+            ]).to(device)  # (C, K)
+        self.masked = self._flags([e.masked for e in live], K, device)  # (C, K) bool or None
+        self.activate = self._flags([e.activate for e in live], K, device)
+        self.deactivate = self._flags([e.deactivate for e in live], K, device)
+
+    @staticmethod
+    def _flags(sets: list[tuple[int, ...]], K: int, device: torch.device) -> torch.Tensor | None:
+        if not any(sets):
+            return None
+        out = torch.zeros(len(sets), K, dtype=torch.bool)
+        for c, ids in enumerate(sets):
+            out[c, list(ids)] = True
+        return out.to(device)
+
+    def apply(self, logits: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Edited float32 logits (N, K) (order: bias, steer, mask; module docstring).
+
+        ``cond`` (N,) is each token's condition index; None means condition 0 for every row.
+        """
+        pick = (lambda t: t[0]) if cond is None else (lambda t: t[cond])  # (K,) or (N, K)
+        z = logits.float()
+        if self.bias is not None:
+            z = z + pick(self.bias)  # (N, K)
+        if self.activate is not None or self.deactivate is not None:
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
+            s = z - lse  # log_softmax, (N, K)
+            s_max = s.max(dim=-1, keepdim=True).values  # (N, 1)
+            s_min = s.masked_fill(torch.isneginf(s), float("inf")).min(dim=-1, keepdim=True).values
+            steered = torch.zeros_like(s, dtype=torch.bool)
+            if self.activate is not None:
+                act = pick(self.activate).expand_as(s)
+                s = torch.where(act, s_max + STEER_EPS, s)
+                steered |= act
+            if self.deactivate is not None:
+                deact = pick(self.deactivate).expand_as(s)
+                s = torch.where(deact, s_min - STEER_EPS, s)
+                steered |= deact
+            z = torch.where(steered.any(dim=-1, keepdim=True), s + lse, z)  # rows without steering keep z
+        if self.masked is not None:
+            z = z.masked_fill(pick(self.masked).expand_as(z), float("-inf"))
+        return z
+
+
 def apply_edit(logits: torch.Tensor, edit: LayerEdit) -> torch.Tensor:
-    """Edited float32 logits (N, K) for one layer (order: bias, steer, mask; see module doc)."""
-    z = logits.float()
-    if edit.bias is not None:
-        z = z + edit.bias  # (N, K)
-    if edit.activate or edit.deactivate:
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
-        s = z - lse  # log_softmax, (N, K)
-        s_max = s.max(dim=-1, keepdim=True).values
-        s_min = s.masked_fill(torch.isneginf(s), float("inf")).min(dim=-1, keepdim=True).values
-        s = s.clone()
-        if edit.activate:
-            s[:, list(edit.activate)] = s_max + STEER_EPS
-        if edit.deactivate:
-            s[:, list(edit.deactivate)] = s_min - STEER_EPS
-        z = s + lse
-    if edit.masked:
-        z = z.clone() if z is logits else z
-        z[:, list(edit.masked)] = float("-inf")
-    return z
+    """Edited float32 logits (N, K) of one layer under one edit (order: bias, steer, mask)."""
+    return EditTable([edit], logits.shape[-1], logits.device).apply(logits, None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -309,9 +351,23 @@ class RoutingSession:
     num_experts: int
     top_k: int
     records: list[RouterCall] = field(default_factory=list)
+    n_conditions: int = 1  # C: per-row conditions attached (1 = one edit for every row)
+    row_conditions: torch.Tensor | None = None  # (B,) condition index of each batch row
+    calls: dict[int, int] = field(default_factory=dict)  # router calls per layer (prefill + decode steps)
+    tokens: dict[int, int] = field(default_factory=dict)  # token rows routed per layer
 
     def clear(self) -> None:
         self.records.clear()
+
+    def use_conditions(self, ids: torch.Tensor | list[int]) -> None:
+        """Set the condition of each batch row for the next forward passes ((B,) ints in 0..C-1)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.n_conditions):
+            raise RoutelabError(
+                f"condition ids {sorted(set(ids.tolist()))[:5]} outside 0..{self.n_conditions - 1} "
+                f"({self.n_conditions} conditions attached)"
+            )
+        self.row_conditions = ids
 
     def probabilities(self, call: RouterCall) -> torch.Tensor:
         """Routing probabilities G(h) (N, K) of a recorded call."""
@@ -324,12 +380,16 @@ def attach(
     adapter: RouterAdapter | None = None,
     *,
     edit: RoutingEdit | None = None,
+    conditions: list[RoutingEdit | None] | None = None,
     record: bool = False,
     check_parity: bool = True,
 ) -> Iterator[RoutingSession]:
     """Install routing edits and/or recording on every MoE router; removed on exit.
 
     ``model`` is a transformers model (then pass ``adapter``) or a routelab LoadedModel.
+    ``edit`` applies to every row. ``conditions`` (C edits, None = no edit) applies per row:
+    call ``session.use_conditions(ids)`` with the (B,) condition index of each batch row before
+    a forward; rows are b-major (token b·S + s), in prefill and in every decoding step.
     A bad edit is refused here, before any forward pass; the adapter's parity check runs
     once per attach (``check_parity=False`` skips it for repeated attaches in a loop).
     """
@@ -342,23 +402,29 @@ def attach(
             "routing hooks are already attached to this model: compose edits with `|` in one attach "
             "(a nested attach would record the routing before the outer edit)"
         )
+    if edit is not None and conditions is not None:
+        raise RoutelabError("attach: pass either one edit for every row or per-row conditions, not both")
     routers = find_routers(model, adapter)
     num_experts, top_k = adapter.sizes(model.config)
-    edit = edit or RoutingEdit()
-    edit.validate(list(routers), num_experts, top_k)
+    per_row = conditions is not None
+    edits = [e or RoutingEdit() for e in conditions] if per_row else [edit or RoutingEdit()]
+    if not edits:
+        raise RoutelabError("attach: an empty list of conditions; give at least one (None = no edit)")
+    for e in edits:
+        e.validate(list(routers), num_experts, top_k)
     if check_parity:
         parity_check(adapter, routers)
-    session = RoutingSession(adapter, list(routers), num_experts, top_k)
+    session = RoutingSession(adapter, list(routers), num_experts, top_k, n_conditions=len(edits))
     handles = []
     model._routelab_attached = True
     try:
         for layer, router in routers.items():
-            layer_edit = edit.layers.get(layer)
-            if layer_edit is not None:
-                layer_edit = _to_device(layer_edit, router.weight.device)
-            handles.append(
-                router.register_forward_hook(_make_hook(adapter, layer, layer_edit, session, record), prepend=True)
-            )
+            layer_edits = [e.layers.get(layer) for e in edits]
+            table = None
+            if any(le is not None for le in layer_edits):
+                table = EditTable(layer_edits, num_experts, router.weight.device)
+            hook = _make_hook(adapter, layer, table, session, record, per_row)
+            handles.append(router.register_forward_hook(hook, prepend=True))
         yield session
     finally:
         for h in handles:
@@ -366,28 +432,31 @@ def attach(
         model._routelab_attached = False
 
 
-def _to_device(e: LayerEdit, device: torch.device) -> LayerEdit:
-    return LayerEdit(
-        None if e.bias is None else e.bias.to(device, torch.float32),
-        e.masked,
-        e.activate,
-        e.deactivate,
-    )
-
-
-def _make_hook(adapter: RouterAdapter, layer: int, layer_edit: LayerEdit | None, session: RoutingSession, record: bool):
+def _make_hook(
+    adapter: RouterAdapter, layer: int, table: EditTable | None, session: RoutingSession, record: bool, per_row: bool
+):
     def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any):
-        if layer_edit is None:
-            if record:  # no recomputation: read what the router did
+        logits = adapter.logits(module, inputs, output)  # (N, K), N = B·S flattened tokens
+        session.calls[layer] = session.calls.get(layer, 0) + 1
+        session.tokens[layer] = session.tokens.get(layer, 0) + logits.shape[0]
+        if table is None:  # no condition edits this layer: read what the router did
+            if record:
                 weights, index = adapter.selection(output)
-                logits = adapter.logits(module, inputs, output)
                 session.records.append(
                     RouterCall(layer, logits.detach().float().cpu(), weights.detach().float().cpu(), index.detach().cpu())
                 )
             return None
-        logits = adapter.logits(module, inputs, output)  # (N, K)
-        edited = apply_edit(logits, layer_edit)  # (N, K) float32
-        weights, index = adapter.rule(module, edited)
+        cond = _token_conditions(session, logits.shape[0], logits.device) if per_row else None  # (N,)
+        edited = table.apply(logits, cond)  # (N, K) float32
+        weights, index = adapter.rule(module, edited)  # (N, k) each
+        if per_row and not bool(table.edited.all()):
+            # Rows whose condition leaves this layer alone keep the router's own output exactly
+            # (no recomputation: per-row scores then equal separate runs bit for bit).
+            keep = ~table.edited[cond]  # (N,)
+            w0, i0 = adapter.selection(output)
+            weights = torch.where(keep[:, None], w0.to(weights.dtype), weights)
+            index = torch.where(keep[:, None], i0.to(index.dtype), index)
+            edited = torch.where(keep[:, None], logits.float(), edited)
         if record:
             session.records.append(
                 RouterCall(layer, edited.detach().cpu(), weights.detach().float().cpu(), index.detach().cpu())
@@ -395,3 +464,19 @@ def _make_hook(adapter: RouterAdapter, layer: int, layer_edit: LayerEdit | None,
         return adapter.repack(output, edited, weights, index)
 
     return hook
+
+
+def _token_conditions(session: RoutingSession, n_tokens: int, device: torch.device) -> torch.Tensor:
+    """(N,) condition of each flattened token: row b's condition repeated over its S tokens."""
+    ids = session.row_conditions
+    if ids is None:
+        raise RoutelabError(
+            "per-row conditions are attached but no condition ids were set: call "
+            "session.use_conditions(ids) with one id per batch row before the forward"
+        )
+    if n_tokens % ids.numel():
+        raise RoutelabError(
+            f"router saw {n_tokens} tokens, not a multiple of the {ids.numel()} batch rows given to "
+            "session.use_conditions: set one condition id per row of the batch being run"
+        )
+    return ids.to(device).repeat_interleave(n_tokens // ids.numel())

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from routelab.errors import RoutelabError
+from routelab.progress import progress as progress_display
 
 Request = tuple[str, str]  # (context, continuation)
 TokenRequest = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
@@ -119,27 +120,6 @@ def _model_max_length(model: Any) -> int | None:
     return None
 
 
-def _progress_bar(enabled: bool):
-    """A rich progress bar (a no-op when ``enabled`` is False)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 def score_tokens(
     model: Any,
     requests: Sequence[TokenRequest],
@@ -189,10 +169,8 @@ def score_tokens(
 
     was_training = model.training
     model.eval()  # dropout off: scores must be deterministic
-    bar = _progress_bar(progress)
     try:
-        with bar, torch.inference_mode():
-            task = bar.add_task(description, total=n)
+        with progress_display(description, total=n, unit="requests", enabled=progress) as bar, torch.inference_mode():
             for start in range(0, n, batch_size):
                 chunk = order[start : start + batch_size]
                 # How this works on a causal decoder (lm-eval's diagram):
@@ -249,7 +227,7 @@ def score_tokens(
                 del logits, lse, z_tgt, tok_lp
                 for b, i in enumerate(chunk):
                     results[i] = LL(float(ll[b]), contlens[b], bool(greedy[b]))
-                bar.advance(task, len(chunk))
+                bar.advance(len(chunk))
     finally:
         model.train(was_training)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -18,8 +19,6 @@ def run_stage(main: Callable[[], None]) -> None:
 
 def stage_args(doc: str, *required: str):
     """Parse a stage's command line: the ``required`` path options plus ``--params``."""
-    import argparse
-
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     for name in required:
         ap.add_argument(name, required=True)

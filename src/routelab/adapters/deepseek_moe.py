@@ -16,6 +16,8 @@ model: the adapter also works there, because the remote gate is identical.
 
 import torch
 import torch.nn.functional as F
+import transformers.utils as tu
+import transformers.utils.import_utils as iu
 
 from routelab.adapters.base import RouterAdapter
 
@@ -32,9 +34,6 @@ def deepseek_moe_rule(gate, logits):
 
 def install_compat() -> None:
     """Make the remote code importable on transformers 5.x (see the module docstring)."""
-    import transformers.utils.import_utils as iu
-    import transformers.utils as tu
-
     for mod in (iu, tu):
         if not hasattr(mod, "is_torch_fx_available"):
             mod.is_torch_fx_available = lambda: False
