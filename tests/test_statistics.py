@@ -107,7 +107,68 @@ def test_benjamini_hochberg_hand_computed():
     # raw: .03 .06 .045 -> monotone from the top: .03 .045 .045
     res2 = benjamini_hochberg([0.045, 0.01, 0.04])
     assert res2.adjusted == pytest.approx([0.045, 0.03, 0.045])
-    assert res2.by_name()["1"]["p_adjusted"] == pytest.approx(0.03)
+    assert res2.names[1] == "1" and res2.adjusted[1] == pytest.approx(0.03)
     json.dumps(res2.to_dict())
     with pytest.raises(RoutelabError, match=r"\[0, 1\]"):
         benjamini_hochberg([0.5, 1.5])
+
+
+# ---- paired comparison of any metric ----------------------------------------------------------
+def test_compare_paired_exact_on_a_small_sample():
+    """n = 4 items: scipy enumerates all 2^4 swaps, so p is exact and checkable by hand."""
+    from itertools import product
+
+    from routelab.statistics import compare_paired
+
+    before = np.array([0.0, 0.0, 1.0, 0.0])
+    after = np.array([1.0, 1.0, 1.0, 1.0])  # three items flip 0 -> 1, one stays
+    c = compare_paired((before,), (after,), metric="pct", seed=0)
+    assert (c.before, c.after, c.delta, c.n) == (0.25, 1.0, 0.75, 4)
+    # by hand: every sign assignment of the per-item differences d = (1, 1, 0, 1)
+    d = after - before
+    null = [abs(np.mean(np.array(s) * d)) for s in product([-1, 1], repeat=4)]
+    assert c.p == pytest.approx(np.mean([x >= 0.75 - 1e-12 for x in null]))
+    assert c.p == pytest.approx(4 / 16)  # the three non-zero signs all equal; the zero's is free
+    # Cohen's d_av (pingouin) equals its formula: mean diff / mean of the two SDs' RMS
+    sd = np.sqrt((after.var(ddof=1) + before.var(ddof=1)) / 2)
+    assert c.effect == pytest.approx((after.mean() - before.mean()) / sd)
+
+
+def test_compare_paired_ratio_metric_matches_a_hand_permutation():
+    """A token-weighted perplexity (a ratio of sums): the test swaps whole items' (ll, n)."""
+    from itertools import product
+
+    from routelab.statistics import compare_paired
+
+    def ppl(ll, n, axis=-1):
+        return np.exp(-np.sum(ll, axis=axis) / np.sum(n, axis=axis))
+
+    ll_b, n_b = np.array([-10.0, -4.0, -6.0]), np.array([5.0, 2.0, 3.0])
+    ll_a, n_a = np.array([-12.0, -4.0, -9.0]), np.array([5.0, 2.0, 3.0])
+    c = compare_paired((ll_b, n_b), (ll_a, n_a), ppl, metric="ppl", seed=0)
+    assert c.before == pytest.approx(np.exp(20 / 10)) and c.after == pytest.approx(np.exp(25 / 10))
+    obs = c.after - c.before
+    null = []
+    for swap in product([0, 1], repeat=3):
+        la = np.where(swap, ll_b, ll_a); lb = np.where(swap, ll_a, ll_b)
+        null.append(abs(ppl(la, n_a) - ppl(lb, n_b)))
+    assert c.p == pytest.approx(np.mean([x >= abs(obs) - 1e-12 for x in null]))
+    assert c.effect is None  # not a mean of one column
+    assert c.ci_low <= c.delta <= c.ci_high
+
+
+def test_compare_paired_null_and_bh_family():
+    """Identical conditions: Δ = 0, p = 1; a real shift on 200 items: p tiny; BH across both."""
+    from routelab.statistics import compare_paired, with_bh
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(200) < 0.5).astype(float)
+    same = compare_paired((base,), (base.copy(),), metric="same", seed=1)
+    assert same.delta == 0 and same.p == 1.0 and same.ci_low == same.ci_high == 0
+    shifted = base.copy()
+    shifted[np.flatnonzero(base == 1)[:40]] = 0  # 40 items lose their preference
+    moved = compare_paired((base,), (shifted,), metric="moved", seed=1, n_permutations=2000)
+    assert moved.delta == pytest.approx(-40 / 200) and moved.p < 0.001
+    assert moved.ci_high < 0
+    fam = with_bh([same, moved])
+    assert fam[0].p_bh == pytest.approx(1.0) and fam[1].p_bh == pytest.approx(min(1, 2 * moved.p))

@@ -1,4 +1,4 @@
-"""Statistics for before/after claims (METHOD.md §1 Statistics).
+"""Statistics for before/after claims (docs/method.md §9).
 
 Usage::
 
@@ -6,18 +6,21 @@ Usage::
     res = paired_permutation_test(after, before, seed=0)        # 10,000 sign flips
     ci = bootstrap_ci(values, seed=0)                           # 1,000 resamples, 95 %
     adj = benjamini_hochberg({"crows": 0.01, "tqa": 0.04})     # BH across the family
+    cmp = compare_paired((before_pref,), (after_pref,), mean_stat, seed=0)   # any metric
+    rows = with_bh([cmp_a, cmp_b, ...])                         # p_bh across a stage's family
 
 Everything is built on scipy.stats (``permutation_test``, ``bootstrap``,
-``false_discovery_control``): no hand-written resampling loops. Every result records its seed
-and resample count and serialises to JSON with ``to_dict()``.
+``false_discovery_control``) and pingouin (paired effect size): no hand-written resampling
+loops. Every result records its seed and resample count and serialises to JSON.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pingouin
 import scipy.stats
 
 from routelab.errors import RoutelabError
@@ -73,12 +76,6 @@ class BHResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def by_name(self) -> dict[str, dict[str, Any]]:
-        return {
-            n: {"p": p, "p_adjusted": q, "rejected": r}
-            for n, p, q, r in zip(self.names, self.p_values, self.adjusted, self.rejected)
-        }
 
 
 def _as_1d(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -220,3 +217,106 @@ def benjamini_hochberg(
         rejected=[bool(q <= alpha) for q in adjusted],
         alpha=float(alpha),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Paired comparison of one metric under two conditions (any aggregation of per-item columns)
+# --------------------------------------------------------------------------------------------
+
+Stat = Callable[..., np.ndarray]  # stat(*columns, axis=-1) -> value, vectorised over leading axes
+
+
+def mean_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The mean of one per-item column (the statistic of most benchmark metrics)."""
+    return np.mean(x, axis=axis)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric before vs after a condition, paired over the same items (docs/method.md §9)."""
+
+    metric: str
+    before: float  # metric on the baseline's per-item rows
+    after: float  # metric on the condition's per-item rows (same items)
+    delta: float  # after − before
+    p: float  # paired permutation p (two-sided), swaps of each item's two values
+    ci_low: float  # bootstrap 95 % CI of delta (items resampled, pairs kept)
+    ci_high: float
+    effect: float | None  # Cohen's d_av for paired samples (pingouin); None for non-mean metrics
+    n: int  # items
+    n_permutations: int
+    n_bootstrap: int
+    seed: int
+    p_bh: float | None = None  # Benjamini–Hochberg across the stage's family (with_bh)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_paired(
+    before: tuple[np.ndarray, ...],
+    after: tuple[np.ndarray, ...],
+    stat: Stat = mean_stat,
+    *,
+    metric: str = "",
+    n_permutations: int = N_PERMUTATIONS,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> Comparison:
+    """Compare ``stat`` of per-item columns under two conditions, item by item.
+
+    ``before[j][i]`` and ``after[j][i]`` are column j of item i under the baseline and the
+    condition (same items, same order). The statistic may be any vectorised aggregation of
+    the columns (a mean, a ratio of sums such as token-weighted perplexity, a term-macro
+    average), so the test works by index: under H0 each item's two rows are exchangeable, and
+    a permutation swaps them (scipy ``permutation_type="samples"``) before recomputing
+    stat(after rows) − stat(before rows).
+    """
+    if len(before) != len(after) or not before:
+        raise RoutelabError("compare_paired: give the same non-empty set of columns before and after")
+    cols_b = [_as_1d(c, f"before column {j}") for j, c in enumerate(before)]
+    cols_a = [_as_1d(c, f"after column {j}") for j, c in enumerate(after)]
+    n = cols_b[0].size
+    if any(c.size != n for c in cols_b + cols_a):
+        raise RoutelabError(f"compare_paired: columns differ in length ({[c.size for c in cols_b + cols_a]})")
+    stacked = [np.concatenate([b, a]) for b, a in zip(cols_b, cols_a)]  # (2n,): before rows, then after rows
+
+    def diff(ix: np.ndarray, iy: np.ndarray, axis: int = -1) -> np.ndarray:
+        ix, iy = ix.astype(np.int64), iy.astype(np.int64)  # (..., n) row indices into `stacked`
+        return stat(*(c[iy] for c in stacked), axis=-1) - stat(*(c[ix] for c in stacked), axis=-1)
+
+    idx_b, idx_a = np.arange(n), np.arange(n) + n
+    before_v = float(stat(*cols_b, axis=-1))
+    after_v = float(stat(*cols_a, axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        perm = scipy.stats.permutation_test(
+            (idx_b, idx_a), diff, permutation_type="samples", vectorized=True,
+            n_resamples=n_permutations, alternative="two-sided", rng=np.random.default_rng(seed),
+        )  # fmt: skip
+        if n >= 2:
+            boot = scipy.stats.bootstrap(
+                (idx_b, idx_a), diff, paired=True, vectorized=True, n_resamples=n_bootstrap,
+                confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed),
+            ).confidence_interval  # fmt: skip
+            lo, hi = float(boot.low), float(boot.high)
+        else:
+            lo = hi = after_v - before_v
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # no spread: every resample gives the same Δ
+        lo = hi = after_v - before_v
+    effect = None
+    if stat is mean_stat and len(cols_b) == 1 and np.ptp(np.concatenate([cols_b[0], cols_a[0]])) > 0:
+        effect = float(pingouin.compute_effsize(cols_a[0], cols_b[0], paired=True, eftype="cohen"))
+    return Comparison(
+        metric=metric, before=before_v, after=after_v, delta=after_v - before_v,
+        p=float(min(1.0, perm.pvalue)), ci_low=lo, ci_high=hi,
+        effect=effect if effect is None or np.isfinite(effect) else None,
+        n=int(n), n_permutations=int(n_permutations), n_bootstrap=int(n_bootstrap), seed=int(seed),
+    )  # fmt: skip
+
+
+def with_bh(comparisons: Sequence[Comparison], alpha: float = 0.05) -> list[Comparison]:
+    """The same comparisons with ``p_bh``: Benjamini–Hochberg across them (one stage's family)."""
+    if not comparisons:
+        return []
+    adj = benjamini_hochberg([c.p for c in comparisons], alpha=alpha)
+    return [replace(c, p_bh=q) for c, q in zip(comparisons, adj.adjusted)]
