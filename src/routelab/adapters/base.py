@@ -67,6 +67,7 @@ class RouterAdapter:
     router_returns_logits: bool = True  # False: remote DeepSeekMoE gate returns (idx, w, aux)
     router_input_3d: bool = False  # the router's forward expects (B, S, H) rather than (N, H)
     routes_in_model_dtype: bool = False  # the router scores in bf16/fp16 itself (ties at dtype resolution)
+    kv_cache: bool = True  # decoding may use the model's KV cache (False: recompute the prefix each step)
     notes: str = ""
 
     # --- reading the router's output -------------------------------------------------------

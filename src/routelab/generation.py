@@ -1,0 +1,212 @@
+"""Batched decoding under routing conditions: the engine of generation transfer (docs/method.md §5).
+
+    from routelab.generation import DecodeParams, generate
+    gens = generate(lm, ["the female", "the male"], DecodeParams(max_new_tokens=4),
+                    conditions=[None, RoutingEdit.mask({2: [5]})])
+    gens[0].text, gens[0].condition, gens[0].seed
+
+Every (prompt, condition, sample) is one row of one batch: C conditions and S samples per
+prompt are decoded together, each row under its own routing edit (routing.attach with per-row
+conditions), the edit active at prefill and at every decoding step:
+
+    rows (left-padded)        prefill: one forward over B rows × T tokens      decode: B rows × 1 token
+    ┌─────────────────────┐   the router hook fires on B·T tokens, row b        each step, on B tokens,
+    │ pad pad the female  │ → under condition ids[b]                       →   the same ids[b]; the KV
+    │ pad pad the male    │   logits of the last real token → token 1          cache holds the prefix
+    │ the old rich doctor │                                                    (edited) keys and values
+    └─────────────────────┘
+
+Positions follow the real tokens (position_ids = cumsum(mask) − 1), so a left-padded row
+decodes exactly as it would alone. Sampling is seeded per (prompt, sample): row (p, c, s) draws
+from a generator seeded with (seed, p, s), so the baseline and every condition share their
+random numbers (common random numbers: paired comparisons see only the condition's effect).
+A family whose remote code has no working KV cache (``adapter.kv_cache = False``: DeepSeekMoE
+on transformers 5.x) decodes without a cache: each step recomputes the whole prefix (cost
+O(T²) instead of O(T) forwards' worth of tokens; the outputs are the same).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from routelab.config import check_choice
+from routelab.errors import RoutelabError
+from routelab.progress import progress
+from routelab.routing import RoutingEdit, attach
+
+
+@dataclass
+class DecodeParams:
+    """How to decode (part of the `generation:` params section)."""
+
+    max_new_tokens: int = 20  # tokens generated after each prompt
+    strategy: str = "greedy"  # greedy | sample
+    temperature: float = 1.0  # sample: logits / temperature
+    top_p: float = 1.0  # sample: nucleus mass kept (1.0 = all)
+    samples: int = 1  # continuations per prompt (greedy: always 1)
+    seed: int = 0  # sampling seed; row (prompt p, sample s) uses (seed, p, s)
+    batch_size: int = 32  # rows (prompt × condition × sample) per batch
+
+    def __post_init__(self) -> None:
+        check_choice("generation.strategy", self.strategy, ("greedy", "sample"))
+        if self.max_new_tokens < 1:
+            raise RoutelabError(f"generation.max_new_tokens must be >= 1, found {self.max_new_tokens}")
+        if self.strategy == "sample" and not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise RoutelabError(f"generation.temperature must be a finite number > 0, found {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise RoutelabError(f"generation.top_p must be in (0, 1], found {self.top_p}")
+        if self.samples < 1 or self.batch_size < 1:
+            raise RoutelabError(
+                f"generation.samples and generation.batch_size must be >= 1, found {self.samples}, {self.batch_size}"
+            )
+        if self.strategy == "greedy":
+            self.samples = 1  # greedy decoding is deterministic: more samples would be copies
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One decoded continuation."""
+
+    prompt_index: int  # index into the prompts given
+    condition: int  # index into the conditions given (0 when none)
+    sample: int  # sample index (0 for greedy)
+    seed: int | None  # the sampling seed of this row's generator; None for greedy
+    prompt: str
+    text: str  # the continuation, decoded (special tokens skipped)
+    token_ids: tuple[int, ...]  # the generated ids (up to and including EOS when it came)
+    stopped: bool  # True when EOS ended the row before max_new_tokens
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Logits (B, V) with everything outside the top-p nucleus set to −inf (HF's TopPLogitsWarper)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest set reaching top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _next_tokens(logits: torch.Tensor, params: DecodeParams, gens: list[torch.Generator | None]) -> torch.Tensor:
+    """(B,) next token ids from last-position logits (B, V)."""
+    if params.strategy == "greedy":
+        return logits.argmax(dim=-1)
+    probs = _nucleus(logits.float() / params.temperature, params.top_p).softmax(dim=-1)  # (B, V)
+    return torch.stack([torch.multinomial(probs[b].cpu(), 1, generator=g)[0] for b, g in enumerate(gens)]).to(
+        logits.device
+    )
+
+
+def _decode_batch(
+    model: Any, tok: Any, prompt_ids: list[list[int]], params: DecodeParams, gens: list[torch.Generator | None],
+    kv_cache: bool,
+) -> tuple[list[list[int]], list[bool]]:
+    """Greedy/sampled decoding of one batch of token-id prompts; returns (new ids, stopped)."""
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    eos = tok.eos_token_id
+    B, T = len(prompt_ids), max(len(p) for p in prompt_ids)
+    ids = torch.full((B, T), pad, dtype=torch.long)  # (B, T) left-padded
+    mask = torch.zeros((B, T), dtype=torch.long)  # (B, T) 1 = real token
+    for b, p in enumerate(prompt_ids):
+        ids[b, T - len(p) :] = torch.tensor(p)
+        mask[b, T - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    out = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    past = None
+    step_ids, step_mask = ids, mask
+    with torch.inference_mode():
+        for step in range(params.max_new_tokens):
+            pos = (step_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T') positions of the real tokens
+            if kv_cache and past is not None:
+                res = model(input_ids=step_ids[:, -1:], attention_mask=step_mask, position_ids=pos[:, -1:],
+                            past_key_values=past, use_cache=True)  # fmt: skip
+            else:
+                res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, use_cache=kv_cache)
+            past = res.past_key_values if kv_cache else None
+            nxt = _next_tokens(res.logits[:, -1, :], params, gens)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            for b in range(B):
+                if not done[b]:
+                    out[b].append(int(nxt[b]))
+            if eos is not None:
+                done = done | (nxt == eos)
+            if bool(done.all()) or step == params.max_new_tokens - 1:
+                break
+            step_ids = torch.cat([step_ids, nxt[:, None]], dim=1)  # (B, T'+1)
+            # a finished row keeps decoding pads (ignored); its mask stays 1 so shapes stay aligned
+            step_mask = torch.cat([step_mask, torch.ones_like(nxt)[:, None]], dim=1)  # (B, T'+1)
+    stopped = [bool(eos is not None and o and o[-1] == eos) for o in out]
+    return out, stopped
+
+
+def generate(
+    lm: Any,
+    prompts: Sequence[str],
+    params: DecodeParams,
+    *,
+    conditions: Sequence[RoutingEdit | None] | None = None,
+    prefixes: Sequence[str] | None = None,
+    progress_label: str = "generate",
+    show_progress: bool = True,
+) -> list[Generation]:
+    """Decode every prompt under every condition (``params.samples`` times each).
+
+    ``conditions``: routing edits (None = no edit), one row of the batch each; default one
+    condition with no edit. ``prefixes`` (optional, one per condition): text put before the
+    prompt under that condition (prompt debiasing); the generation record keeps the bare prompt.
+    Returns one Generation per (prompt, condition, sample), in that order.
+    """
+    if not prompts:
+        raise RoutelabError("generate: no prompts given")
+    conds = list(conditions) if conditions is not None else [None]
+    pre = list(prefixes) if prefixes is not None else [""] * len(conds)
+    if len(pre) != len(conds):
+        raise RoutelabError(f"generate: {len(pre)} prefixes for {len(conds)} conditions; give one per condition")
+    tok = lm.tokenizer
+    encoded = {}  # (prompt index, condition) -> ids
+    rows = []  # (prompt index, condition, sample)
+    for p, text in enumerate(prompts):
+        for c in range(len(conds)):
+            ids = list(tok(pre[c] + text, add_special_tokens=True)["input_ids"])
+            if not ids:
+                raise RoutelabError(f"generate: prompt {p} ({text[:40]!r}) tokenises to nothing; drop it")
+            encoded[p, c] = ids
+            rows += [(p, c, s) for s in range(params.samples)]
+    # longest first: the first batch shows an out-of-memory at once (as the scorer does)
+    order = sorted(range(len(rows)), key=lambda i: -len(encoded[rows[i][:2]]))
+    kv_cache = getattr(lm.adapter, "kv_cache", True)
+    results: dict[int, Generation] = {}
+    with attach(lm, conditions=conds) as session, progress(
+        progress_label, total=len(rows), unit="rows", enabled=show_progress
+    ) as bar:
+        for start in range(0, len(order), params.batch_size):
+            chunk = order[start : start + params.batch_size]
+            session.use_conditions([rows[i][1] for i in chunk])
+            gens = [None] * len(chunk)
+            if params.strategy == "sample":
+                gens = [torch.Generator().manual_seed(_row_seed(params.seed, rows[i][0], rows[i][2])) for i in chunk]
+            new, stopped = _decode_batch(lm.model, tok, [encoded[rows[i][:2]] for i in chunk], params, gens, kv_cache)
+            for j, i in enumerate(chunk):
+                p, c, s = rows[i]
+                results[i] = Generation(
+                    prompt_index=p, condition=c, sample=s,
+                    seed=_row_seed(params.seed, p, s) if params.strategy == "sample" else None,
+                    prompt=prompts[p], text=tok.decode(new[j], skip_special_tokens=True),
+                    token_ids=tuple(new[j]), stopped=stopped[j],
+                )  # fmt: skip
+            bar.advance(len(chunk))
+    assert len(results) == len(rows), f"generation lost {len(rows) - len(results)} rows"
+    return [results[i] for i in range(len(rows))]
+
+
+def _row_seed(seed: int, prompt_index: int, sample: int) -> int:
+    """A seed per (prompt, sample), independent of the condition and of the batch layout."""
+    return int(np.random.SeedSequence([int(seed), int(prompt_index), int(sample)]).generate_state(1, np.uint64)[0] >> 1)
