@@ -130,8 +130,14 @@ def score_tokens(
     progress: bool = True,
     description: str = "log-likelihood",
     attention_mask: bool = True,
+    row_conditions: Sequence[int] | None = None,
+    session: Any = None,
 ) -> list[LL]:
     """Score pre-tokenised (context ids, continuation ids) requests; results in input order.
+
+    ``row_conditions`` (one condition index per request) with ``session`` (a routing session
+    attached with per-row ``conditions``) scores each request under its own condition: the
+    requests of C conditions share batches, and each batch sets its rows' conditions first.
 
     ``max_length`` is the longest input the model gets (default: the model config's
     ``max_position_embeddings``); longer inputs lose tokens from the left of the context, as in
@@ -148,6 +154,11 @@ def score_tokens(
     n = len(requests)
     if n == 0:
         return []
+    if row_conditions is not None and (session is None or len(row_conditions) != n):
+        raise RoutelabError(
+            "score_tokens: row_conditions needs one condition index per request and the routing "
+            "session attached with those conditions (routing.attach(..., conditions=[...]))"
+        )
     max_length = max_length or _model_max_length(model)
     for i, (ctx, cont) in enumerate(requests):
         if len(ctx) == 0 or len(cont) == 0:
@@ -204,6 +215,8 @@ def score_tokens(
                 # Only positions from the earliest continuation start onward need logits: ask
                 # the model to project just those (saves the (B, T, V) head on long contexts).
                 first = min(L - c for L, c in zip(inplens, contlens))
+                if row_conditions is not None:
+                    session.use_conditions([row_conditions[i] for i in chunk])
                 kwargs: dict[str, Any] = {"input_ids": inp.to(device)}
                 if attention_mask:
                     kwargs["attention_mask"] = attn.to(device)
@@ -254,12 +267,14 @@ def score(
     progress: bool = True,
     description: str = "log-likelihood",
     attention_mask: bool = True,
+    row_conditions: Sequence[int] | None = None,
+    session: Any = None,
 ) -> list[LL]:
     """Log-likelihood of each ``(context, continuation)`` request, in input order.
 
     See the module docstring for the tokenisation rules. ``batch_size`` trades memory for
-    speed; results do not depend on it (beyond float rounding). ``attention_mask``: see
-    :func:`score_tokens`.
+    speed; results do not depend on it (beyond float rounding). ``attention_mask``,
+    ``row_conditions`` and ``session``: see :func:`score_tokens`.
     """
     token_requests = [encode_pair(tokenizer, ctx, cont) for ctx, cont in requests]
     return score_tokens(
@@ -271,6 +286,8 @@ def score(
         progress=progress,
         description=description,
         attention_mask=attention_mask,
+        row_conditions=row_conditions,
+        session=session,
     )
 
 
@@ -310,12 +327,15 @@ def rolling_loglikelihood(
     max_length: int | None = None,
     progress: bool = True,
     description: str = "rolling log-likelihood",
+    row_conditions: Sequence[int] | None = None,
+    session: Any = None,
 ) -> list[LL]:
     """Log-likelihood of each whole text scored after BOS (one :class:`LL` per text).
 
     Texts longer than ``max_length`` tokens are cut into disjoint windows (every token is
     predicted once); the windows of all texts go through :func:`score_tokens` together.
     ``greedy`` is True only when every token of the text is the greedy choice.
+    ``row_conditions`` (one per text) and ``session``: see :func:`score_tokens`.
     """
     max_length = max_length or _model_max_length(model) or 2048
     prefix = prefix_token_id(tokenizer)
@@ -336,6 +356,8 @@ def rolling_loglikelihood(
         pad_token_id=_pad_id(tokenizer),
         progress=progress,
         description=description,
+        row_conditions=None if row_conditions is None else [row_conditions[t] for t in owner],
+        session=session,
     )
     total = [0.0] * len(texts)
     count = [0] * len(texts)
@@ -348,7 +370,7 @@ def rolling_loglikelihood(
 
 
 def perplexity(lls: Iterable[LL]) -> float:
-    """Token-weighted perplexity exp(−Σ LL / Σ tokens) (METHOD.md §4, held-out text)."""
+    """Token-weighted perplexity exp(−Σ LL / Σ tokens) (docs/method.md §8, held-out text)."""
     lls = list(lls)
     n = sum(ll.n_tokens for ll in lls)
     if n == 0:
