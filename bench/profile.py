@@ -1,4 +1,5 @@
-"""Benchmark FSP profiling on a routing log of OLMoE's shape (16 layers x 64 experts, top-8).
+"""Benchmark FSP profiling (routelab.counting's one pass + routelab.profile) on a routing log of
+OLMoE's shape (16 layers x 64 experts, top-8).
 
 Usage::
 

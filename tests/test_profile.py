@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,16 +15,20 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import spearmanr
 
-import routelab.profile as prof
-from routelab.config import section
+import routelab.counting as counting
+from routelab import plots
+from routelab.config import load_params, section
+from routelab.counting import prompt_counts
 from routelab.errors import RoutelabError
 from routelab.profile import (
+    DESCRIPTOR_SPAN,
     FspWeights,
     GroupCounts,
     ProfileParams,
     activation_rates,
     compute_profile,
     entropy,
+    entropy_terms,
     fsp_metrics,
     gini,
     js_terms,
@@ -30,43 +37,17 @@ from routelab.profile import (
     permutation_test,
     phi_score,
     pmi,
-    prompt_counts,
 )
 from routelab.prompts import PromptsParams, build_prompts
-from routelab.tables import PROFILE_COLUMNS, RoutingMeta, load_profile, routing_schema as arrow_schema
+from routelab.tables import PROFILE_COLUMNS, load_profile, routing_schema as arrow_schema
 from routelab.vocab import Vocabulary
+from test_counting import routing_meta as meta, write_routing
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------
-# helpers: a routing log written with the real schema
+# helpers: FARE prompts and a planted routing log (written with test_counting.write_routing)
 # ---------------------------------------------------------------------------------------
-
-
-def meta(K: int, k: int, layers: list[int]) -> RoutingMeta:
-    return RoutingMeta(model="test", family="olmoe", num_experts=K, top_k=k, moe_layers=layers,
-                       dtype="float32", transformers_version="test", torch_version="test")  # fmt: skip
-
-
-def write_routing(path, m: RoutingMeta, rows: list[tuple[str, int, int, list[int]]], row_group_size: int = 64):
-    """rows: (prompt_id, layer, pos, topk). Logits put the top-k first (consistent)."""
-    logits = []
-    for _, _, _, top in rows:
-        lg = np.zeros(m.num_experts, np.float32)
-        ok = [e for e in top if 0 <= e < m.num_experts]  # a broken top-k still gets written
-        lg[ok] = np.arange(len(ok), 0, -1, dtype=np.float32)  # first in topk = largest
-        logits.append(lg.tolist())
-    table = pa.table(
-        {
-            "prompt_id": [r[0] for r in rows],
-            "layer": [r[1] for r in rows],
-            "pos": [r[2] for r in rows],
-            "token_id": [0] * len(rows),
-            "logits": logits,
-            "topk": [r[3] for r in rows],
-        },
-        schema=arrow_schema(m),
-    )
-    pq.write_table(table, path, row_group_size=row_group_size)
-    return path
 
 
 SMALL = Vocabulary(
@@ -130,6 +111,8 @@ def test_jsd_known_values_and_scipy():
 def test_entropy_bits():
     assert entropy(np.full(4, 0.25)) == pytest.approx(2.0)
     assert entropy(np.array([1.0, 0.0, 0.0, 0.0])) == 0.0
+    # h_e = −p log2 p: −.5 log2 .5 = .5; −.25 log2 .25 = .5; 0 · log 0 = 0
+    assert entropy_terms(np.array([0.5, 0.25, 0.0])).tolist() == pytest.approx([0.5, 0.5, 0.0])
 
 
 def test_pmi_by_hand_with_zero_counts():
@@ -217,7 +200,7 @@ def test_phi_is_finite_with_zero_counts():
 
 @pytest.mark.parametrize("batches", [True, False])
 def test_planted_expert_ranks_first(tmp_path, small_prompts, monkeypatch, batches):
-    monkeypatch.setattr(prof, "USE_BATCHES", batches)
+    monkeypatch.setattr(counting, "USE_BATCHES", batches)
     layers, e_star = [0, 2, 3], 7
     path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 2, e_star))
     profile, layer_axis, d = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=50))
@@ -260,7 +243,7 @@ def test_token_filters_counts(tmp_path, small_prompts):
     path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 0, 7))
     full = prompt_counts(path, small_prompts)
     skip = prompt_counts(path, small_prompts, skip_first_token=True)
-    excl = prompt_counts(path, small_prompts, exclude_descriptor=True)
+    excl = prompt_counts(path, small_prompts, exclude_span=DESCRIPTOR_SPAN)
     n_words = np.array([len(t.split()) for t in small_prompts["text"]])
     assert full.n_tokens[:, 0].tolist() == n_words.tolist()
     assert skip.n_tokens[:, 0].tolist() == (n_words - 1).tolist()
@@ -309,7 +292,7 @@ def test_activation_rates():
 @pytest.mark.parametrize("bad", [9, -1])
 @pytest.mark.parametrize("batches", [True, False])
 def test_topk_out_of_range_is_wrong_shape(tmp_path, small_prompts, monkeypatch, bad, batches):
-    monkeypatch.setattr(prof, "USE_BATCHES", batches)
+    monkeypatch.setattr(counting, "USE_BATCHES", batches)
     rows = [(pid, 0, 0, [0, bad]) for pid in small_prompts["prompt_id"]]  # K = 8
     path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0]), rows)
     with pytest.raises(RoutelabError, match=f"index {bad} outside 0..7.*wrong shape"):
@@ -381,8 +364,6 @@ def test_params_section_nested_weights_and_choices():
 
 
 def test_plots_write_png(tmp_path, small_prompts):
-    from routelab import plots
-
     layers = [0, 2]
     path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 2, 7))
     profile, layer_axis, _ = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=0))
@@ -396,3 +377,28 @@ def test_plots_write_png(tmp_path, small_prompts):
     assert sorted(x.name for x in (tmp_path / "p").iterdir()) == ["jsd.png", "phi.png", "shift.png"]  # no temp files
     with pytest.raises(RoutelabError, match="not in the profile"):
         plots.routing_shift(profile, tmp_path / "x.png", layer=9)
+
+
+def test_error_hints_name_real_profile_keys(tmp_path, small_prompts):
+    keys = {f.name for f in dataclasses.fields(ProfileParams)}
+    assert set(load_params(ROOT / "params.yaml")["profile"]) == keys  # params.yaml ↔ the dataclass
+    # layer 0 holds only position 0 of the "female" prompts: skip_first_token empties that group there
+    rows = [(pid, layer, pos, [0, 1])
+            for pid, g, text in small_prompts.select("prompt_id", "group", "text").iter_rows()
+            for layer in (0, 1) for pos in range(len(text.split()))
+            if not (layer == 0 and g == "female" and pos > 0)]  # fmt: skip
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0, 1]), rows)
+    bad = [
+        (ProfileParams(split="all", skip_first_token=True, n_permutations=0), small_prompts, "relax profile.skip_first_token"),
+        (ProfileParams(split="test", n_permutations=0), small_prompts, "set profile.split"),
+        (ProfileParams(split="all", exclude_descriptor=True), small_prompts.drop("desc_start", "desc_end"), "desc_start"),
+        (ProfileParams(split="all", exclude_descriptor=True),
+         small_prompts.with_columns(desc_start=pl.lit(None, pl.Int32)), "have no descriptor token span"),
+    ]  # fmt: skip
+    for cfg, prompts, expect in bad:
+        with pytest.raises(RoutelabError, match=expect) as err:
+            compute_profile(path, prompts, cfg)
+        named = re.findall(r"profile\.(\w+)", str(err.value))
+        assert named and set(named) <= keys, str(err.value)
+    with pytest.raises(RoutelabError, match="profile.smoothing") as err:
+        ProfileParams(smoothing=0.0)

@@ -1,4 +1,4 @@
-"""FARE Stage 2: Fairness Sensitivity Profiling (FSP) from a routing log (METHOD.md §1).
+"""FARE Stage 2: Fairness Sensitivity Profiling (FSP) from a routing log (docs/method.md §2).
 
 Usage (what the `profile` stage calls)::
 
@@ -11,7 +11,7 @@ Usage (what the `profile` stage calls)::
 Definitions (all per MoE layer l; "tokens" = the counted tokens of a prompt set, see below):
   A_X(e)  tokens of prompt set X with expert e in the top-k;  N_X = tokens of X.
   P(e|g) = A_g(e) / N_g           activation rate on prompts of group g (a descriptor)
-  P(e)   = A_n(e) / N_n           activation rate on NEUTRAL prompts (METHOD.md §1 Stage 2)
+  P(e)   = A_n(e) / N_n           activation rate on NEUTRAL prompts
   D_X(e) = A_X(e) / Σ_e' A_X(e')  routing distribution over experts (= P(e|X) / k)
   P(g)   = N_g / N_all            share of group g among all counted tokens (neutral + groups)
   ARD(e,g) = |P(e|g) − P(e)|                                   raw rates, no smoothing
@@ -22,12 +22,13 @@ Definitions (all per MoE layer l; "tokens" = the counted tokens of a prompt set,
   H(D)     = −Σ_e D(e) log2 D(e)  (0·log 0 = 0); the entropy metric is the demographic
              entropy shift |H(D_g) − H(D_n)|
 
-Choices (write-up in the README paragraph of .helper_notes/profile.md):
+Choices (params section ``profile:``):
   * Tokens: every real token by default (pads are never rows; the descriptor tokens of a
     variant count, as in the paper). ``skip_first_token`` drops position 0 (BOS, or a first
     word that no descriptor can influence under causal attention); ``exclude_descriptor``
     drops the descriptor's token span (needs the prompts table's desc_start/desc_end): the
     length-controlled measure of how the descriptor shifts the routing of the shared tokens.
+    Counting is routelab.counting's one pass over the log.
   * Aggregation over groups: ``mean`` (default, unweighted over groups) or ``max``.
   * PMI keeps the paper's −log2 P(g) term. With mean aggregation it is a per-layer constant,
     which the per-layer min-max normalisation removes: m̂_PMI then equals the normalised mean
@@ -37,15 +38,12 @@ Choices (write-up in the README paragraph of .helper_notes/profile.md):
     JSD) and entropy into |h_e(D_g) − h_e(D_n)| with h_e(D) = −D(e) log2 D(e). ``broadcast``
     gives every expert its layer's value; per-layer min-max normalisation then maps the
     column to 0. That is not a loss: ARR subtracts λφ_l inside a softmax, and a constant
-    shift within a layer cannot change routing (METHOD.md §1 Stage 3).
+    shift within a layer cannot change routing (docs/method.md §3).
   * Normalisation: per layer over experts, (x − min)/(max − min); a constant column → 0.
-  * φ(e,l) = Σ_i w_i m̂_i(e,l), weights from params (METHOD.md §1 Stage 2).
+  * φ(e,l) = Σ_i w_i m̂_i(e,l), weights from params.
 
-Implementation: one lazy polars query over the routing Parquet (only ``prompt_id``, ``layer``,
-``topk`` and, with token filters, ``pos`` are read), streamed in batches by the streaming
-engine; each batch's exploded top-k is added into a dense per-prompt count array
-(P, L, K) — the only state kept. Everything else (group sums, metrics, the permutation null)
-derives from those counts.
+Everything (group sums, metrics, the permutation null) derives from the per-prompt counts
+(P, L, K) of routelab.counting.
 """
 
 from __future__ import annotations
@@ -57,17 +55,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import sparse, stats
+from scipy import sparse, special, stats
 
 from routelab.config import check_choice
+from routelab.counting import prompt_counts
 from routelab.errors import RoutelabError
-from routelab.tables import NEUTRAL, PROFILE_COLUMNS, RoutingMeta, load_prompts, read_routing_meta
+from routelab.tables import NEUTRAL, PROFILE_COLUMNS, load_prompts
+from routelab.vocab import AXES
 
 METRICS = ("ard", "jsd", "pmi", "entropy")
+DESCRIPTOR_SPAN = ("desc_start", "desc_end")  # prompts-table token span dropped by exclude_descriptor
 
 @dataclass
 class FspWeights:
-    """φ weights (FARE Eq. 4; METHOD.md §1 Stage 2 defaults)."""
+    """φ weights (FARE Eq. 4; defaults of docs/method.md §2)."""
 
     ard: float = 1.0  # activation rate difference
     jsd: float = 0.5  # Jensen–Shannon divergence (per-expert term with layer_metrics: decompose)
@@ -90,19 +91,19 @@ class ProfileParams:
     seed: int = 0  # permutation RNG
 
     def __post_init__(self) -> None:
-        check_choice("fsp.aggregation", self.aggregation, ("mean", "max"))
-        check_choice("fsp.layer_metrics", self.layer_metrics, ("decompose", "broadcast"))
-        check_choice("fsp.split", self.split, ("validation", "test", "all"))
+        check_choice("profile.aggregation", self.aggregation, ("mean", "max"))
+        check_choice("profile.layer_metrics", self.layer_metrics, ("decompose", "broadcast"))
+        check_choice("profile.split", self.split, ("validation", "test", "all"))
         if not (self.smoothing > 0 and math.isfinite(self.smoothing)):
             raise RoutelabError(
-                f"fsp.smoothing must be a finite pseudo-count > 0 (found {self.smoothing}): "
+                f"profile.smoothing must be a finite pseudo-count > 0 (found {self.smoothing}): "
                 "PMI takes log2 of smoothed rates and a zero count would give -inf"
             )
         for name, w in asdict(self.weights).items():
             if not math.isfinite(w):
-                raise RoutelabError(f"fsp.weights.{name} must be finite, found {w}")
+                raise RoutelabError(f"profile.weights.{name} must be finite, found {w}")
         if self.n_permutations < 0:
-            raise RoutelabError(f"fsp.n_permutations must be >= 0, found {self.n_permutations}")
+            raise RoutelabError(f"profile.n_permutations must be >= 0, found {self.n_permutations}")
 
 
 # --------------------------------------------------------------------------------------
@@ -120,13 +121,14 @@ def distribution(counts: np.ndarray) -> np.ndarray:
     return counts / counts.sum(axis=-1, keepdims=True)
 
 
+# Natural log → bits. scipy.special's rel_entr/entr work in nats (and define 0·log 0 = 0).
+_LN2 = np.log(2.0)
+
+
 def js_terms(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Per-expert terms of JSD(p‖q) in bits; each ≥ 0 and they sum to the JSD (last axis)."""
     m = 0.5 * (p + q)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tp = np.where(p > 0, p * np.log2(p / m), 0.0)  # p > 0 ⇒ m > 0
-        tq = np.where(q > 0, q * np.log2(q / m), 0.0)
-    return 0.5 * (tp + tq)
+    return 0.5 * (special.rel_entr(p, m) + special.rel_entr(q, m)) / _LN2  # p > 0 ⇒ m > 0: finite
 
 
 def jsd(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -136,8 +138,7 @@ def jsd(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def entropy_terms(p: np.ndarray) -> np.ndarray:
     """h_e = −p(e) log2 p(e), 0 where p(e) = 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(p > 0, -p * np.log2(p), 0.0)
+    return special.entr(p) / _LN2
 
 
 def entropy(p: np.ndarray) -> np.ndarray:
@@ -203,10 +204,13 @@ class GroupCounts:
 
 
 def fsp_metrics(gc: GroupCounts, cfg: ProfileParams) -> dict[str, np.ndarray]:
-    """Raw and normalised FSP metrics and φ, each (L, K) (METHOD.md §1 Stage 2)."""
-    for name, arr in (("n_g", gc.n_g), ("n_n", gc.n_n)):
+    """Raw and normalised FSP metrics and φ, each (L, K) (docs/method.md §2)."""
+    for name, arr in (("a demographic group", gc.n_g), ("the neutral set", gc.n_n)):
         if (arr <= 0).any():
-            raise RoutelabError(f"fsp_metrics: a group or the neutral set has no counted tokens ({name})")
+            raise RoutelabError(
+                f"FSP: {name} has no counted tokens in some layer: relax profile.skip_first_token / "
+                "profile.exclude_descriptor, or extract routing for more prompts"
+            )
     p_g = activation_rates(gc.a_g, gc.n_g)  # (G, L, K)
     p_n = activation_rates(gc.a_n, gc.n_n)  # (L, K)
     ard_g = np.abs(p_g - p_n[None])  # (G, L, K)
@@ -229,7 +233,7 @@ def fsp_metrics(gc: GroupCounts, cfg: ProfileParams) -> dict[str, np.ndarray]:
     }
     for name, arr in raw.items():
         if not np.isfinite(arr).all():  # cannot happen with counted tokens > 0 and α > 0
-            raise RoutelabError(f"fsp_metrics: metric {name} has non-finite values; please report this")
+            raise RoutelabError(f"FSP: metric {name} has non-finite values; please report this")
     normed = {m: minmax_per_layer(raw[m]) for m in METRICS}
     out = dict(raw)
     out.update({f"{m}_norm": normed[m] for m in METRICS})
@@ -237,176 +241,6 @@ def fsp_metrics(gc: GroupCounts, cfg: ProfileParams) -> dict[str, np.ndarray]:
     out["ard_top_group_idx"] = ard_g.argmax(axis=0)  # (L, K)
     out["p_neutral"] = p_n
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Routing log → per-prompt counts (the only pass over the big file)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class PromptCounts:
-    """Per-prompt activation counts from a routing log."""
-
-    meta: RoutingMeta
-    prompt_ids: list[str]  # P prompt ids, in the order of the prompts table
-    layers: np.ndarray  # (L,) true layer indices (meta.moe_layers order)
-    counts: np.ndarray  # (P, L, K) int32: tokens of prompt p where expert e is in the top-k
-    n_tokens: np.ndarray  # (P, L) int64: counted tokens of prompt p at layer l
-
-    def select(self, mask: np.ndarray) -> "PromptCounts":
-        idx = np.flatnonzero(mask)
-        return PromptCounts(
-            self.meta, [self.prompt_ids[i] for i in idx], self.layers, self.counts[idx], self.n_tokens[idx]
-        )
-
-
-# Streamed batches + numpy accumulation is ~2.5x faster and ~3.5x lighter than a polars
-# group_by over (prompt, layer, expert) keys (bench/profile.py). collect_batches is marked
-# unstable in polars 2.x; the group_by path is kept as a fallback and is tested too.
-USE_BATCHES = hasattr(pl.LazyFrame, "collect_batches")
-
-
-def prompt_counts(
-    routing_path: str | Path,
-    prompts: pl.DataFrame,
-    *,
-    skip_first_token: bool = False,
-    exclude_descriptor: bool = False,
-) -> PromptCounts:
-    """Count, per prompt, layer and expert, the counted tokens with the expert in the top-k.
-
-    ``prompts``: the prompt table (prompt_id, and desc_start/desc_end with
-    ``exclude_descriptor``). Every prompt of the routing file must be in it; prompts of the
-    table absent from the file get zero counts (callers check what they need).
-    """
-    routing_path = Path(routing_path)
-    meta = read_routing_meta(routing_path)
-    K, k = int(meta.num_experts), int(meta.top_k)
-    layers = np.asarray(meta.moe_layers, dtype=np.int64)
-    L = layers.size
-    if L == 0 or K < 1 or not 1 <= k <= K:
-        raise RoutelabError(
-            f"{routing_path}: metadata has moe_layers={meta.moe_layers}, num_experts={K}, "
-            f"top_k={k}: not a valid routing shape; re-run the `extract` stage"
-        )
-    lf = pl.scan_parquet(routing_path)
-    names = lf.collect_schema().names()
-    need = ["prompt_id", "layer", "topk"] + (["pos"] if skip_first_token or exclude_descriptor else [])
-    missing = [c for c in need if c not in names]
-    if missing:
-        raise RoutelabError(f"{routing_path} lacks columns {missing}: not a routing log (see routelab.tables)")
-
-    ids = prompts["prompt_id"].to_list()
-    P = len(ids)
-    _check_known_prompts(lf, ids, routing_path)
-    enum = pl.Enum(ids)
-    pidx = pl.col("prompt_id").cast(enum).to_physical().cast(pl.Int64)
-
-    q = lf.select(need)
-    if skip_first_token:
-        q = q.filter(pl.col("pos") > 0)
-    if exclude_descriptor:
-        for c in ("desc_start", "desc_end"):
-            if c not in prompts.columns:
-                raise RoutelabError(
-                    f"fsp.exclude_descriptor needs the prompts table column '{c}': build the "
-                    "prompts with a tokenizer (routelab.prompts.build_prompts)"
-                )
-        spans = prompts.select(
-            pl.col("prompt_id").cast(enum), pl.col("desc_start").cast(pl.Int32), pl.col("desc_end").cast(pl.Int32)
-        )
-        demo_missing = prompts.filter(pl.col("axis").is_not_null() & pl.col("desc_start").is_null())
-        if demo_missing.height:
-            raise RoutelabError(
-                f"fsp.exclude_descriptor: {demo_missing.height} demographic prompts have no "
-                "descriptor token span (desc_start is null): build the prompts with a tokenizer"
-            )
-        q = (
-            q.with_columns(pl.col("prompt_id").cast(enum))
-            .join(spans.lazy(), on="prompt_id", how="left")
-            .filter(
-                pl.col("desc_start").is_null()
-                | (pl.col("pos") < pl.col("desc_start"))
-                | (pl.col("pos") >= pl.col("desc_end"))
-            )
-        )
-    # Layer → its index in moe_layers; a layer outside moe_layers fails the strict mapping.
-    lidx = pl.col("layer").cast(pl.Int64).replace_strict(
-        layers.tolist(), list(range(L)), return_dtype=pl.Int64
-    )
-    keyed = q.select(pidx=pidx, lidx=lidx, topk=pl.col("topk")).explode("topk")
-    # flat key of (prompt, layer, expert) in a dense (P, L, K) array
-    keyed = keyed.select(
-        key=(pl.col("pidx") * (L * K) + pl.col("lidx") * K + pl.col("topk").cast(pl.Int64)),
-        topk=pl.col("topk"),
-    )
-    dense = np.zeros(P * L * K, dtype=np.int32)  # (P*L*K,)
-    try:
-        if USE_BATCHES:
-            for batch in keyed.collect_batches(engine="streaming", maintain_order=True):
-                t = batch["topk"]
-                _check_range(t.min(), t.max(), t.null_count(), K, routing_path)
-                _accumulate(dense, batch["key"].to_numpy())
-        else:
-            agg = keyed.group_by("key").agg(
-                c=pl.len(), lo=pl.col("topk").min(), hi=pl.col("topk").max(), nulls=pl.col("topk").null_count()
-            ).collect(engine="streaming")
-            nulls = agg["nulls"].sum() + agg["key"].null_count()
-            _check_range(agg["lo"].min(), agg["hi"].max(), nulls, K, routing_path)
-            dense[agg["key"].to_numpy()] = agg["c"].to_numpy()
-    except pl.exceptions.InvalidOperationError as exc:
-        if "replace_strict" not in str(exc) and "incomplete mapping" not in str(exc):
-            raise
-        found = sorted(lf.select(pl.col("layer").unique()).collect()["layer"].to_list())
-        raise RoutelabError(
-            f"{routing_path}: layers {found} in the rows but moe_layers={meta.moe_layers} in "
-            "the metadata: a profile of the wrong shape; re-run the `extract` stage"
-        ) from None
-    counts = dense.reshape(P, L, K)  # (P, L, K)
-    # Each row contributes exactly k top-k entries, so tokens = Σ_e counts / k.
-    n_tokens = counts.sum(axis=2, dtype=np.int64) // k  # (P, L)
-    return PromptCounts(meta=meta, prompt_ids=ids, layers=layers, counts=counts, n_tokens=n_tokens)
-
-
-def _accumulate(dense: np.ndarray, keys: np.ndarray) -> None:
-    """dense[keys] += 1 for every key (repeats counted).
-
-    A batch of a prompt-major log covers a narrow key range: a bincount over that range is
-    ~3x faster than np.add.at; a scattered batch (wide range) falls back to np.add.at.
-    """
-    if keys.size == 0:
-        return
-    lo, hi = int(keys.min()), int(keys.max())
-    if hi - lo < 8 * keys.size:
-        dense[lo : hi + 1] += np.bincount(keys - lo, minlength=hi - lo + 1).astype(dense.dtype)
-    else:
-        np.add.at(dense, keys, 1)
-
-
-def _check_range(lo: int | None, hi: int | None, nulls: int, K: int, path: Path) -> None:
-    """Top-k entries must be expert indices 0..K-1 (else keys would spill into the next layer)."""
-    if nulls:
-        raise RoutelabError(f"{path}: null top-k entries: the routing log is damaged; re-run `extract`")
-    if lo is not None and (lo < 0 or hi >= K):
-        raise RoutelabError(
-            f"{path}: top-k expert index {lo if lo < 0 else hi} outside 0..{K - 1} "
-            f"(num_experts={K} in the metadata): a profile of the wrong shape; re-run `extract`"
-        )
-
-
-def _check_known_prompts(lf: pl.LazyFrame, ids: list[str], path: Path) -> None:
-    """Every prompt of the routing log must be in the prompts table (cheap: unique ids only)."""
-    known = pl.DataFrame({"prompt_id": ids}).lazy()
-    unknown = (
-        lf.select(pl.col("prompt_id").unique()).join(known, on="prompt_id", how="anti").collect(engine="streaming")
-    )
-    if unknown.height:
-        raise RoutelabError(
-            f"{path}: {unknown.height} prompt ids are not in the prompts table, e.g. "
-            f"{unknown['prompt_id'].head(3).to_list()}: profile the routing log together with the "
-            "prompts file it was extracted from"
-        )
 
 
 # --------------------------------------------------------------------------------------
@@ -493,11 +327,16 @@ def compute_profile(
       profile: one row per (layer, expert), columns ``PROFILE_COLUMNS`` (``phi`` for ARR);
       layer_axis_jsd: per (layer, axis) JSD(axis pooled ‖ neutral) in bits, for plots;
       descriptors: architecture descriptors (FARE Table 3) and the permutation null, for
-      metrics/<model>/fsp.json.
+      metrics/<model>/profile.json.
     """
     prompts = load_prompts(prompts_path)
+    if cfg.exclude_descriptor:
+        _check_descriptor_spans(prompts)
     pc = prompt_counts(
-        routing_path, prompts, skip_first_token=cfg.skip_first_token, exclude_descriptor=cfg.exclude_descriptor
+        routing_path,
+        prompts,
+        skip_first_token=cfg.skip_first_token,
+        exclude_span=DESCRIPTOR_SPAN if cfg.exclude_descriptor else None,
     )
     name = str(routing_path)
     L, K, k = pc.layers.size, int(pc.meta.num_experts), int(pc.meta.top_k)
@@ -510,7 +349,7 @@ def compute_profile(
     if not use.any():
         raise RoutelabError(
             f"{name}: no counted tokens for prompts of split '{cfg.split}': extract routing for that "
-            "split, or set fsp.split to the split that was extracted (validation | test | all)"
+            "split, or set profile.split to the split that was extracted (validation | test | all)"
         )
     groups_all = prompts["group"].to_numpy()
     is_neutral = groups_all == NEUTRAL
@@ -559,7 +398,7 @@ def compute_profile(
     if zero or (n_n == 0).any():
         raise RoutelabError(
             f"{name}: no counted tokens for group/layer {zero[:3] or 'neutral'} (an empty group after "
-            "the token filters): relax profile.skip_first_token / exclude_descriptor"
+            "the token filters): relax profile.skip_first_token / profile.exclude_descriptor"
         )
     gc = GroupCounts(pc.layers, groups, [axis_of[g] for g in groups], a_g, n_g, a_n, n_n)
     m = fsp_metrics(gc, cfg)
@@ -651,6 +490,21 @@ def _finite(x: float) -> float | None:
 
 
 def _axis_order(axis: str) -> int:
-    from routelab.vocab import AXES
-
     return AXES.index(axis) if axis in AXES else len(AXES)
+
+
+def _check_descriptor_spans(prompts: pl.DataFrame) -> None:
+    """profile.exclude_descriptor needs every demographic prompt's descriptor token span."""
+    missing = [c for c in DESCRIPTOR_SPAN if c not in prompts.columns]
+    if missing:
+        raise RoutelabError(
+            f"profile.exclude_descriptor needs the prompts table column(s) {missing}: build the "
+            "prompts with the model's tokenizer (the `prompts` stage), or set profile.exclude_descriptor: false"
+        )
+    demo_missing = prompts.filter(pl.col("axis").is_not_null() & pl.col(DESCRIPTOR_SPAN[0]).is_null())
+    if demo_missing.height:
+        raise RoutelabError(
+            f"profile.exclude_descriptor: {demo_missing.height} demographic prompts have no "
+            "descriptor token span (desc_start is null): build the prompts with the model's tokenizer "
+            "(the `prompts` stage), or set profile.exclude_descriptor: false"
+        )

@@ -1,4 +1,4 @@
-"""routelab.detect: pair builders, span → tokens, SteerMoE Δ and A+/A−, SAFEx."""
+"""routelab.steermoe: pair builders, span → tokens, Δ through routelab.counting, A+/A−."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import warnings
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import tiny_models
-from routelab.detect import (
+from routelab.config import section
+from routelab.errors import RoutelabError
+from routelab.prompts import PromptsParams, build_prompts
+from routelab.steermoe import (
     BEHAVIOURS,
-    DetectParams,
-    SafexParams,
+    SteerParams,
     build_pairs,
     builtin_items,
     char_span_to_tokens,
@@ -23,36 +23,15 @@ from routelab.detect import (
     fairness_pairs,
     load_items,
     read_steering_provenance,
-    routing_for_pairs,
-    safex_fairness,
-    safex_select,
     select_experts,
-    selection_to_phi,
     steer_delta,
     token_spans,
     write_steering_profile,
 )
-from routelab.errors import RoutelabError
-from routelab.prompts import PromptsParams, build_prompts
-from routelab.tables import RoutingMeta, routing_schema as arrow_schema
 from routelab.vocab import Vocabulary
-
+from test_counting import routing_meta, write_routing
 
 word_tokenizer = tiny_models.text_tokenizer
-
-
-def write_routing(path, K: int, k: int, rows: list[tuple[str, int, int, list[int]]]):
-    m = RoutingMeta(model="test", family="olmoe", num_experts=K, top_k=k, moe_layers=sorted({r[1] for r in rows}),
-                    dtype="float32", transformers_version="test", torch_version="test")  # fmt: skip
-    table = pa.table(
-        {
-            "prompt_id": [r[0] for r in rows], "layer": [r[1] for r in rows], "pos": [r[2] for r in rows],
-            "token_id": [0] * len(rows), "logits": [[0.0] * K] * len(rows), "topk": [r[3] for r in rows],
-        },
-        schema=arrow_schema(m),
-    )  # fmt: skip
-    pq.write_table(table, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,7 +130,7 @@ def test_token_spans_needs_a_fast_tokenizer():
 
 
 # ---------------------------------------------------------------------------------------
-# SteerMoE Δ on a constructed routing table
+# SteerMoE Δ from a routing log, counted by routelab.counting
 # ---------------------------------------------------------------------------------------
 
 # K = 4, k = 1, one layer. Pair A side 1: pos 0 (outside the span) → 3; pos 1, 2 → 0, 1.
@@ -161,27 +140,85 @@ ROUTING = [
     ("A", 2, 0, 0, [1]), ("A", 2, 0, 1, [1]),
     ("B", 1, 0, 0, [0]), ("B", 2, 0, 0, [2]),
 ]  # fmt: skip
-SPANS = pl.DataFrame({"pair_id": ["A", "A", "B", "B"], "side": [1, 2, 1, 2], "tok_start": [1, 0, 0, 0], "tok_end": [3, 2, 1, 1]})
+PAIRS = pl.DataFrame(
+    {"pair_id": ["A", "A", "B", "B"], "side": [1, 2, 1, 2], "prompt_id": ["A:1", "A:2", "B:1", "B:2"],
+     "tok_start": [1, 0, 0, 0], "tok_end": [3, 2, 1, 1]}
+)  # fmt: skip
 
 
-def test_steer_delta_hand_value():
-    routing = pl.DataFrame(ROUTING, schema=["pair_id", "side", "layer", "pos", "topk"], orient="row")
-    d = steer_delta(routing, SPANS, num_experts=4).sort("expert")
+def test_steer_delta_hand_value(tmp_path):
+    rows = [(f"{p}:{s}", l, pos, t) for p, s, l, pos, t in ROUTING]
+    path = write_routing(tmp_path / "r.parquet", routing_meta(4, 1, [0]), rows)
+    d = steer_delta(path, PAIRS).sort("expert")
     # side 1: 3 counted tokens → experts 0, 1, 0 → p1 = [2/3, 1/3, 0, 0] (pos 0 of A not counted)
     # side 2: 3 counted tokens → experts 1, 1, 2 → p2 = [0, 2/3, 1/3, 0]
     assert d["n1"].to_list() == [3] * 4 and d["n2"].to_list() == [3] * 4
+    assert d["a1"].to_list() == [2, 1, 0, 0] and d["a2"].to_list() == [0, 2, 1, 0]
     assert d["delta"].to_list() == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0.0])
-
-
-def test_steer_delta_from_a_routing_file(tmp_path):
-    rows = [(f"{p}:{s}", l, pos, t) for p, s, l, pos, t in ROUTING]
-    path = write_routing(tmp_path / "r.parquet", 4, 1, rows)
-    pairs = SPANS.with_columns(prompt_id=pl.col("pair_id") + ":" + pl.col("side").cast(pl.String))
-    d = steer_delta(routing_for_pairs(path, pairs), pairs, num_experts=4).sort("expert")
-    assert d["delta"].to_list() == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0.0])
-    more = pl.concat([pairs, pl.DataFrame({"pair_id": ["C"], "side": [1], "tok_start": [0], "tok_end": [1], "prompt_id": ["C:1"]})], how="vertical_relaxed")
+    extra = pl.DataFrame({"pair_id": ["C"], "side": [1], "prompt_id": ["C:1"], "tok_start": [0], "tok_end": [1]})
+    more = pl.concat([PAIRS, extra], how="vertical_relaxed")
     with pytest.raises(RoutelabError, match="no routing for 1 pair inputs"):
-        routing_for_pairs(path, more)
+        steer_delta(path, more)
+    with pytest.raises(RoutelabError, match="token_spans"):
+        steer_delta(path, PAIRS.drop("tok_end"))
+    with pytest.raises(RoutelabError, match=r"no counted tokens for \(side, layer\) \[\(2, 0\)\]"):
+        # side 2's spans lie past the end of its texts
+        steer_delta(path, PAIRS.with_columns(tok_start=pl.Series([1, 5, 0, 5]), tok_end=pl.Series([3, 6, 1, 6])))
+
+
+def reference_delta(path, pairs: pl.DataFrame, K: int) -> pl.DataFrame:
+    """The pre-counting.py algorithm (detect.steer_delta): a polars join + group_by over the
+    target-span rows of the log. An independent reference for the counts-based Δ."""
+    sp = pairs.select("prompt_id", pl.col("side").cast(pl.Int8), "tok_start", "tok_end")
+    counted = (
+        pl.scan_parquet(path).select("prompt_id", "layer", "pos", "topk")
+        .join(sp.lazy(), on="prompt_id", how="inner")
+        .filter((pl.col("pos") >= pl.col("tok_start")) & (pl.col("pos") < pl.col("tok_end")))
+    )  # fmt: skip
+    n_df = counted.group_by("side", "layer").agg(n=pl.len()).collect()
+    a_df = (
+        counted.select("side", "layer", expert=pl.col("topk")).explode("expert")
+        .group_by("side", "layer", "expert").agg(a=pl.len()).collect()
+    )  # fmt: skip
+    lays = sorted(set(n_df["layer"].to_list()))
+    li = {l: i for i, l in enumerate(lays)}
+    n = np.zeros((2, len(lays)), np.int64)  # (side, L)
+    a = np.zeros((2, len(lays), K), np.int64)  # (side, L, K)
+    for side, layer, v in n_df.iter_rows():
+        n[side - 1, li[layer]] = v
+    for side, layer, e, v in a_df.iter_rows():
+        a[side - 1, li[layer], e] = v
+    p = a / n[..., None]  # (2, L, K)
+    delta = p[0] - p[1]
+    return pl.DataFrame(
+        {
+            "layer": np.repeat(lays, K).astype(np.int32), "expert": np.tile(np.arange(K), len(lays)).astype(np.int32),
+            "a1": a[0].ravel(), "n1": np.repeat(n[0], K), "a2": a[1].ravel(), "n2": np.repeat(n[1], K),
+            "p1": p[0].ravel(), "p2": p[1].ravel(), "delta": delta.ravel(), "abs_delta": np.abs(delta).ravel(),
+        }
+    )  # fmt: skip
+
+
+def test_steer_delta_equals_the_group_by_reference(tmp_path):
+    rng = np.random.default_rng(1)
+    K, k, layers = 16, 4, [1, 3, 4]
+    rows, spans = [], []
+    for pair in range(40):
+        for side in (1, 2):
+            T = int(rng.integers(5, 30))
+            s0 = int(rng.integers(0, T - 2))
+            spans.append((f"p{pair}", side, f"p{pair}:{side}", s0, int(rng.integers(s0 + 1, T + 1))))
+            for l in layers:
+                rows += [(f"p{pair}:{side}", l, pos, rng.choice(K, k, replace=False).tolist()) for pos in range(T)]
+    path = write_routing(tmp_path / "r.parquet", routing_meta(K, k, layers), rows, row_group_size=500)
+    pairs = pl.DataFrame(spans, schema=["pair_id", "side", "prompt_id", "tok_start", "tok_end"], orient="row")
+    new = steer_delta(path, pairs)
+    assert new.equals(reference_delta(path, pairs, K))  # bit-identical, same dtypes
+    # every position of a span has one row per layer: N_side = Σ (tok_end − tok_start) over that side
+    for side, col in ((1, "n1"), (2, "n2")):
+        want = pairs.filter(pl.col("side") == side).select((pl.col("tok_end") - pl.col("tok_start")).sum()).item()
+        assert new[col].unique().to_list() == [want]
+    assert (new["a1"] + new["a2"]).sum() == k * (new["n1"] + new["n2"]).sum() / K  # k entries per counted token
 
 
 def delta_table() -> pl.DataFrame:
@@ -213,7 +250,7 @@ def test_select_experts_reverse_and_too_few():
         warnings.simplefilter("error")
         out = select_experts(delta_table(), n_plus=1, n_minus=1, top_k=1, num_experts=4, reverse=True)
     assert out.select("layer", "expert", "action").rows() == [(1, 1, "activate"), (0, 0, "deactivate")]
-    with pytest.raises(RoutelabError, match="lower detect.n_plus"):
+    with pytest.raises(RoutelabError, match="lower steer.n_plus / steer.n_minus"):
         select_experts(delta_table(), n_plus=4, n_minus=0, top_k=1, num_experts=4)
 
 
@@ -225,78 +262,30 @@ def test_steering_profile_provenance_roundtrip(tmp_path):
     assert read_steering_provenance(tmp_path / "s.parquet") == prov
 
 
-def test_detect_params():
-    assert DetectParams().n_minus == 10
-    with pytest.raises(RoutelabError, match="Did you mean 'safety'"):
-        DetectParams(behaviour="safty")
+def test_steer_params():
+    assert SteerParams().n_minus == 10
+    with pytest.raises(RoutelabError, match="steer.behaviour: unknown value 'safty'. Did you mean 'safety'"):
+        SteerParams(behaviour="safty")
+    with pytest.raises(RoutelabError, match="steer.n_plus and steer.n_minus"):
+        section(SteerParams, {"n_minus": -1}, "steer")
+    with pytest.raises(RoutelabError, match="unknown key 'n_mins'"):
+        section(SteerParams, {"n_mins": 3}, "steer")
 
 
-# ---------------------------------------------------------------------------------------
-# SAFEx intersection
-# ---------------------------------------------------------------------------------------
-
-
-def safex_case():
-    # L = 1, K = 4, 10 tokens per prompt. X (10 prompts): expert 2 on every token; half the
-    # prompts also use expert 1 on every token, the other half expert 3. Contrast: 10 prompts
-    # on expert 0 only.
-    P = 20
-    counts = np.zeros((P, 1, 4), int)
-    counts[:10, 0, 2] = 10
-    counts[:5, 0, 1] = 10
-    counts[5:10, 0, 3] = 10
-    counts[10:, 0, 0] = 10
-    n_tokens = np.full((P, 1), 10)
-    pos = np.arange(P) < 10
-    return counts, n_tokens, pos, ~pos
-
-
-def test_safex_intersection():
-    counts, n, pos, neg = safex_case()
-    # N = floor(0.5 · 4) = 2: expert 2 is top-2 in every resample; 1 and 3 swap places
-    out = safex_select(counts, n, pos, neg, [7], n_resamples=50, alpha=0.5, seed=0).sort("expert")
-    assert out.filter("selected")["expert"].to_list() == [2]
-    stab = dict(zip(out["expert"], out["stability"]))
-    assert stab[2] == 1.0 and stab[0] == 0.0
-    assert 0 < stab[1] < 1 and 0 < stab[3] < 1 and stab[1] + stab[3] == pytest.approx(1.0)
-    assert out["score"].to_list() == pytest.approx([-1.0, 0.5, 1.0, 0.5])  # difference, full sample
-    assert out["layer"].unique().to_list() == [7]
-    # N = 1: only expert 2
-    out1 = safex_select(counts, n, pos, neg, [7], n_resamples=20, alpha=0.25, seed=1)
-    assert out1.filter("selected")["expert"].to_list() == [2]
-    # abs_difference: |−1| for expert 0 ties expert 2 at 1.0 → both top-2 always
-    outa = safex_select(counts, n, pos, neg, [7], n_resamples=20, alpha=0.5, score="abs_difference")
-    assert sorted(outa.filter("selected")["expert"].to_list()) == [0, 2]
-
-
-def test_safex_errors():
-    counts, n, pos, neg = safex_case()
-    with pytest.raises(RoutelabError, match="raise safex.alpha"):
-        safex_select(counts, n, pos, neg, [0], n_resamples=5, alpha=0.2)
-    with pytest.raises(RoutelabError, match="contrast group"):
-        safex_select(counts, n, pos, None, [0], n_resamples=5, alpha=0.5)
-    with pytest.raises(RoutelabError, match="alpha"):
-        SafexParams(alpha=0.0)
-
-
-def test_safex_fairness_on_a_routing_file(tmp_path):
-    v = Vocabulary(axes={"gender": ("female", "male")}, professions=("doctor", "nurse"),
-                   templates=("The {person} slept .", "We met the {person} ."))  # fmt: skip
-    prompts = build_prompts(v, None, PromptsParams(test_fraction=0.0))
-    rows = []
-    for pid, g, text in prompts.select("prompt_id", "group", "text").iter_rows():
-        for pos in range(len(text.split())):
-            rows.append((pid, 3, pos, [5 if g != "neutral" else 1, 0]))  # demographic → expert 5
-    path = write_routing(tmp_path / "r.parquet", 8, 2, rows)
-    out = safex_fairness(path, prompts, SafexParams(alpha=0.125, n_resamples=10))
-    assert out.filter("selected").select("layer", "expert").rows() == [(3, 5)]
-    phi = selection_to_phi(out, [3], 8)
-    assert phi.height == 8 and phi.filter(pl.col("phi") == 1.0)["expert"].to_list() == [5]
-
-
-def test_selection_to_phi_from_steering_profile():
-    out = select_experts(delta_table(), n_plus=1, n_minus=2, top_k=1, num_experts=4)
-    phi = selection_to_phi(out, [0, 1], 4)
-    assert phi.filter(pl.col("phi") == 1.0).select("layer", "expert").rows() == [(0, 2), (1, 1)]
-    with pytest.raises(RoutelabError, match="outside"):
-        selection_to_phi(pl.DataFrame({"layer": [5], "expert": [0]}), [0, 1], 4)
+def test_steer_delta_end_to_end_from_token_spans(tmp_path):
+    # builtin safety pairs → token spans → a log whose top-1 expert is token_id mod 4
+    pairs = build_pairs("safety", builtin_items("safety"))
+    tok = word_tokenizer(pairs["text"].to_list())
+    pairs = token_spans(pairs, tok)
+    rows, hits = [], np.zeros((2, 4), int)  # (side, K) target-token hits, counted here by hand
+    for pid, side, text, s, e in pairs.select("prompt_id", "side", "text", "tok_start", "tok_end").iter_rows():
+        for pos, t in enumerate(tok(text)["input_ids"]):
+            rows.append((pid, 0, pos, [t % 4]))
+            hits[side - 1, t % 4] += s <= pos < e
+    path = write_routing(tmp_path / "r.parquet", routing_meta(4, 1, [0]), rows)
+    d = steer_delta(path, pairs).sort("expert")
+    n = [pairs.filter(pl.col("side") == s)["n_target_tokens"].sum() for s in (1, 2)]
+    assert d["n1"].to_list() == [n[0]] * 4 and d["n2"].to_list() == [n[1]] * 4
+    assert d["a1"].to_list() == hits[0].tolist() and d["a2"].to_list() == hits[1].tolist()
+    assert d["delta"].to_list() == pytest.approx((hits[0] / n[0] - hits[1] / n[1]).tolist())
+    assert d["abs_delta"].max() > 0  # refusals and compliances differ

@@ -1,16 +1,15 @@
-"""Behaviour-linked expert detection: SteerMoE (METHOD.md §2) and SAFEx-style stable
-selection (METHOD.md §3).
+"""SteerMoE: behaviour-linked expert detection from paired inputs (docs/method.md §6).
 
-SteerMoE, end to end::
+End to end (the params section is ``steer:``, see SteerParams)::
 
-    from routelab import detect
-    items = detect.builtin_items("faithfulness")             # or detect.load_items(path, ...)
-    pairs = detect.build_pairs("faithfulness", items)        # pair_id, side, prompt_id, text, span
-    pairs = detect.token_spans(pairs, tokenizer)             # + tok_start, tok_end
+    from routelab import steermoe
+    items = steermoe.builtin_items("faithfulness")            # or steermoe.load_items(path, ...)
+    pairs = steermoe.build_pairs("faithfulness", items)       # pair_id, side, prompt_id, text, span
+    pairs = steermoe.token_spans(pairs, tokenizer)            # + tok_start, tok_end
     # ... extraction writes a routing log for pairs.select("prompt_id", "text") ...
-    delta = detect.steer_delta(detect.routing_for_pairs(routing_path, pairs), pairs, num_experts)
-    profile = detect.select_experts(delta, n_plus=0, n_minus=10, top_k=k, num_experts=K)
-    detect.write_steering_profile(profile, "data/steer/olmoe_faithfulness.parquet", provenance)
+    delta = steermoe.steer_delta(routing_path, pairs)         # Δ per (layer, expert)
+    profile = steermoe.select_experts(delta, n_plus=0, n_minus=10, top_k=k, num_experts=K)
+    steermoe.write_steering_profile(profile, "data/steer/olmoe_faithfulness.parquet", provenance)
 
 Paired inputs (x1, x2) differ only in the behaviour; side 1 shows it, side 2 does not:
   fairness      x1 = demographic prompt, x2 = its neutral prompt; counted tokens: the words
@@ -22,18 +21,18 @@ Paired inputs (x1, x2) differ only in the behaviour; side 1 shows it, side 2 doe
   safety        x1 = prompt + refusal, x2 = prompt + compliance, framed as
                 "User: {prompt}\\nAssistant: {answer}"; counted tokens: the answer's.
 Δ(l,e) = p1 − p2 with p_side = A_side / N_side pooled over all pairs' counted tokens (as the
-reference code adobe-research/SteerMoE does: a risk difference over all target tokens).
+reference code adobe-research/SteerMoE does: a risk difference over all target tokens). The
+counts come from routelab.counting, restricted to each input's target token span.
 Δ > 0: the expert tracks the behaviour (activate it to promote the behaviour).
 
 Safety examples in src/routelab/data are mild placeholders. The same machinery can lower
 safety (``reverse``): treat steering profiles as research artefacts; each written profile
-carries its provenance in the Parquet metadata (METHOD.md §2).
+carries its provenance in the Parquet metadata (docs/method.md §6).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -43,11 +42,13 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from routelab.config import check_choice
+from routelab.counting import prompt_counts
 from routelab.errors import RoutelabError
 from routelab.io import atomic_path
-from routelab.tables import NEUTRAL, load_prompts, read_routing_meta
+from routelab.tables import NEUTRAL, load_prompts
 
 BEHAVIOURS = ("fairness", "faithfulness", "safety")
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -67,14 +68,15 @@ PAIR_COLUMNS = (
     "span_end",
     "behaviour",
 )
+TARGET_SPAN = ("tok_start", "tok_end")  # token span added by token_spans: the counted tokens
 
 STEER_COLUMNS = ("layer", "expert", "delta", "abs_delta", "rank", "action")
 STEER_META_KEY = b"routelab_steer"
 
 
 @dataclass
-class DetectParams:
-    """The ``detect:`` section of params.yaml (SteerMoE detection)."""
+class SteerParams:
+    """The ``steer:`` section of params.yaml (SteerMoE detection; read by the `steer` stage)."""
 
     behaviour: str = "faithfulness"  # fairness | faithfulness | safety
     pairs: str | None = None  # user JSONL of items; null = built-in examples
@@ -84,28 +86,9 @@ class DetectParams:
     reverse: bool = False  # flip Δ: steer AGAINST the behaviour (research use only)
 
     def __post_init__(self) -> None:
-        check_choice("detect.behaviour", self.behaviour, BEHAVIOURS)
+        check_choice("steer.behaviour", self.behaviour, BEHAVIOURS)
         if self.n_plus < 0 or self.n_minus < 0:
-            raise RoutelabError(f"detect.n_plus and n_minus must be >= 0, found {self.n_plus}, {self.n_minus}")
-
-
-@dataclass
-class SafexParams:
-    """The ``safex:`` section of params.yaml (SAFEx-style stable selection, METHOD.md §3)."""
-
-    n_resamples: int = 100  # S bootstrap resamples of the prompts
-    alpha: float = 0.1  # keep the top N = floor(alpha * K) experts per layer in each resample
-    score: str = "difference"  # difference: p(e|demographic) − p(e|neutral) | abs_difference | rate
-    split: str = "validation"  # prompts used: validation | test | all
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_choice("safex.score", self.score, ("difference", "abs_difference", "rate"))
-        check_choice("safex.split", self.split, ("validation", "test", "all"))
-        if self.n_resamples < 1:
-            raise RoutelabError(f"safex.n_resamples must be >= 1, found {self.n_resamples}")
-        if not 0 < self.alpha <= 1:
-            raise RoutelabError(f"safex.alpha must be in (0, 1], found {self.alpha}")
+            raise RoutelabError(f"steer.n_plus and steer.n_minus must be >= 0, found {self.n_plus}, {self.n_minus}")
 
 
 # --------------------------------------------------------------------------------------
@@ -115,10 +98,12 @@ class SafexParams:
 
 def load_items(path: str | Path, behaviour: str) -> list[dict[str, Any]]:
     """Read a JSONL file of items for ``behaviour``; every line needs REQUIRED_FIELDS."""
-    check_choice("behaviour", behaviour, BEHAVIOURS)
+    check_choice("steer.behaviour", behaviour, BEHAVIOURS)
     p = Path(path)
     if not p.exists():
-        raise RoutelabError(f"pairs file {p} not found (detect.pairs): give an existing JSONL file or null")
+        raise RoutelabError(
+            f"pairs file {p} not found (steer.pairs): give an existing JSONL file, or null for the built-in examples"
+        )
     items: list[dict[str, Any]] = []
     need = REQUIRED_FIELDS[behaviour]
     for i, line in enumerate(p.read_text().splitlines(), start=1):
@@ -147,7 +132,7 @@ def load_items(path: str | Path, behaviour: str) -> list[dict[str, Any]]:
 
 def builtin_items(behaviour: str) -> list[dict[str, Any]]:
     """The small built-in example set for ``behaviour`` (src/routelab/data/*.jsonl)."""
-    check_choice("behaviour", behaviour, BEHAVIOURS)
+    check_choice("steer.behaviour", behaviour, BEHAVIOURS)
     ref = resources.files("routelab") / "data" / BUILTIN_FILES[behaviour]
     with resources.as_file(ref) as path:
         return load_items(path, behaviour)
@@ -186,7 +171,7 @@ def _rows(pair_id: str, behaviour: str, side1: tuple[str, int, int], side2: tupl
 def _frame(rows: list[dict]) -> pl.DataFrame:
     schema = {"pair_id": pl.String, "side": pl.Int8, "prompt_id": pl.String, "text": pl.String,
               "span_start": pl.Int32, "span_end": pl.Int32, "behaviour": pl.String}  # fmt: skip
-    df = pl.DataFrame(rows, schema=schema)
+    df = pl.DataFrame(rows, schema=schema).select(PAIR_COLUMNS)
     if df["prompt_id"].is_duplicated().any():
         raise RoutelabError("duplicate pair ids: every item needs a unique id")
     return df
@@ -253,7 +238,7 @@ def safety_pairs(items: list[dict[str, Any]]) -> pl.DataFrame:
 
 def build_pairs(behaviour: str, items: list[dict[str, Any]], *, include_descriptor: bool = False) -> pl.DataFrame:
     """Dispatch to the pair builder of ``behaviour``."""
-    check_choice("behaviour", behaviour, BEHAVIOURS)
+    check_choice("steer.behaviour", behaviour, BEHAVIOURS)
     if behaviour == "fairness":
         return fairness_pairs(items, include_descriptor=include_descriptor)
     if behaviour == "faithfulness":
@@ -284,8 +269,8 @@ def token_spans(pairs: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
     tokens, as the routing log's ``pos``) and n_target_tokens to a pairs table."""
     if not getattr(tokenizer, "is_fast", False):
         raise RoutelabError(
-            f"token_spans needs a fast tokenizer (return_offsets_mapping); got {type(tokenizer).__name__}: "
-            "load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+            f"SteerMoE target spans need a fast tokenizer (character offsets), found "
+            f"{type(tokenizer).__name__}: use a model whose folder holds a tokenizer.json"
         )
     enc = tokenizer(pairs["text"].to_list(), add_special_tokens=True, return_offsets_mapping=True)
     starts, ends = [], []
@@ -306,82 +291,49 @@ def token_spans(pairs: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------------------
-# Counting: Δ per (layer, expert) on a (pair_id, side, layer, pos, topk) table
+# Δ per (layer, expert): counts of the target tokens from routelab.counting
 # --------------------------------------------------------------------------------------
 
 
-def routing_for_pairs(routing_path: str | Path, pairs: pl.DataFrame) -> pl.LazyFrame:
-    """Lazy (pair_id, side, layer, pos, topk) rows of a routing log extracted for ``pairs``."""
-    read_routing_meta(routing_path)  # a clear error when it is not a routing log
-    lf = pl.scan_parquet(routing_path).select("prompt_id", "layer", "pos", "topk")
-    ids = pairs.select("prompt_id", "pair_id", "side")
-    present = lf.select(pl.col("prompt_id").unique()).collect(engine="streaming")
-    missing = ids.join(present, on="prompt_id", how="anti")
-    if missing.height:
-        raise RoutelabError(
-            f"{routing_path}: no routing for {missing.height} pair inputs, e.g. "
-            f"{missing['prompt_id'].head(3).to_list()}: extract routing for pairs.select('prompt_id', 'text')"
-        )
-    return lf.join(ids.lazy(), on="prompt_id", how="inner").select("pair_id", "side", "layer", "pos", "topk")
+def steer_delta(routing_path: str | Path, pairs: pl.DataFrame) -> pl.DataFrame:
+    """Δ = p1 − p2 per (layer, expert) over target-span tokens only (docs/method.md §6).
 
-
-def steer_delta(
-    routing: pl.LazyFrame | pl.DataFrame, spans: pl.DataFrame, num_experts: int, layers: list[int] | None = None
-) -> pl.DataFrame:
-    """Δ = p1 − p2 per (layer, expert) over target-span tokens only (METHOD.md §2).
-
-    routing: rows (pair_id, side, layer, pos, topk); spans: (pair_id, side, tok_start,
-    tok_end). p_side(l, e) = A_side(l, e) / N_side(l), pooled over all pairs of that side.
+    routing_path: a routing log extracted for ``pairs.select("prompt_id", "text")``; pairs:
+    (prompt_id, side, tok_start, tok_end), the output of token_spans. p_side(l, e) =
+    A_side(l, e) / N_side(l), pooled over all pairs of that side, from the per-prompt counts
+    of routelab.counting restricted to [tok_start, tok_end).
     Returns one row per (layer, expert): a1, n1, a2, n2, p1, p2, delta, abs_delta.
     """
-    for c in ("pair_id", "side", "tok_start", "tok_end"):
-        if c not in spans.columns:
-            raise RoutelabError(f"steer_delta: spans lack column '{c}': run detect.token_spans first")
-    lf = routing.lazy() if isinstance(routing, pl.DataFrame) else routing
-    missing = [c for c in ("pair_id", "side", "layer", "pos", "topk") if c not in lf.collect_schema().names()]
+    missing = [c for c in ("prompt_id", "side", *TARGET_SPAN) if c not in pairs.columns]
     if missing:
-        raise RoutelabError(f"steer_delta: routing rows lack columns {missing}")
-    sp = spans.select(pl.col("pair_id").cast(pl.String), pl.col("side").cast(pl.Int8), "tok_start", "tok_end")
-    counted = (
-        lf.with_columns(pl.col("pair_id").cast(pl.String), pl.col("side").cast(pl.Int8))
-        .join(sp.lazy(), on=["pair_id", "side"], how="inner")
-        .filter((pl.col("pos") >= pl.col("tok_start")) & (pl.col("pos") < pl.col("tok_end")))
-    )
-    n_q = counted.group_by("side", "layer").agg(n=pl.len())
-    a_q = (
-        counted.select("side", "layer", expert=pl.col("topk"))
-        .explode("expert")
-        .group_by("side", "layer", "expert")
-        .agg(a=pl.len())
-    )
-    n_df, a_df = pl.collect_all([n_q, a_q], engine="streaming")
-    K = int(num_experts)
-    if a_df.height and (a_df["expert"].min() < 0 or a_df["expert"].max() >= K):
-        raise RoutelabError(f"steer_delta: top-k expert index outside 0..{K - 1}: wrong num_experts or routing log")
-    lays = sorted(set(n_df["layer"].to_list())) if layers is None else sorted(layers)
-    if not lays:
-        raise RoutelabError("steer_delta: no routing rows fall inside the target spans: check tok_start/tok_end")
-    li = {l: i for i, l in enumerate(lays)}
-    n = np.zeros((2, len(lays)), np.int64)  # (side, L)
-    a = np.zeros((2, len(lays), K), np.int64)  # (side, L, K)
-    for side, layer, v in n_df.iter_rows():
-        if layer in li:
-            n[side - 1, li[layer]] = v
-    for side, layer, e, v in a_df.iter_rows():
-        if layer in li:
-            a[side - 1, li[layer], e] = v
-    empty = [(s + 1, lays[l]) for s, l in zip(*np.nonzero(n == 0))]
+        raise RoutelabError(
+            f"pairs table lacks columns {missing}: add the target token spans with routelab.steermoe.token_spans"
+        )
+    side = pairs["side"].cast(pl.Int64).to_numpy()  # (P,)
+    if not np.isin(side, (1, 2)).all():
+        raise RoutelabError(f"pairs table: side must be 1 or 2, found {sorted(set(side.tolist()) - {1, 2})}")
+    pc = prompt_counts(routing_path, pairs, include_span=TARGET_SPAN)
+    if not pc.in_log.all():
+        absent = [pid for pid, ok in zip(pc.prompt_ids, pc.in_log) if not ok]
+        raise RoutelabError(
+            f"{routing_path}: no routing for {len(absent)} pair inputs, e.g. {absent[:3]}: extract routing "
+            "for every pair input (prompt_id, text of the pairs table)"
+        )
+    a = np.stack([pc.counts[side == s].sum(axis=0, dtype=np.int64) for s in (1, 2)])  # (2, L, K)
+    n = np.stack([pc.n_tokens[side == s].sum(axis=0) for s in (1, 2)])  # (2, L)
+    empty = [(int(s) + 1, int(pc.layers[l])) for s, l in zip(*np.nonzero(n == 0))]
     if empty:
         raise RoutelabError(
-            f"steer_delta: no counted tokens for (side, layer) {empty[:4]}: every side needs target "
-            "tokens in every layer"
+            f"{routing_path}: no counted tokens for (side, layer) {empty[:4]}: every side needs target "
+            "tokens in every layer; check the pairs' tok_start/tok_end against the routing log"
         )
     p = a / n[..., None]  # (2, L, K)
     delta = p[0] - p[1]  # (L, K)
+    L, K = delta.shape
     return pl.DataFrame(
         {
-            "layer": np.repeat(lays, K).astype(np.int32),
-            "expert": np.tile(np.arange(K), len(lays)).astype(np.int32),
+            "layer": np.repeat(pc.layers, K).astype(np.int32),  # (L*K,)
+            "expert": np.tile(np.arange(K), L).astype(np.int32),
             "a1": a[0].ravel(), "n1": np.repeat(n[0], K), "a2": a[1].ravel(), "n2": np.repeat(n[1], K),
             "p1": p[0].ravel(), "p2": p[1].ravel(), "delta": delta.ravel(), "abs_delta": np.abs(delta).ravel(),
         }
@@ -404,16 +356,20 @@ def select_experts(
       * an activation is kept only while its layer has fewer than ``top_k`` activations
         (the reference drops the surplus; it does not go further down the list);
       * a deactivation is kept only while at least ``top_k`` experts of its layer stay
-        enabled (METHOD.md §2; the reference does not check this).
+        enabled (docs/method.md §6; the reference does not check this).
     Dropped experts are reported with a warning. ``reverse`` flips the sign of Δ first.
     Returns rows (layer, expert, delta, abs_delta, rank, action ∈ {activate, deactivate}).
     """
     for c in ("layer", "expert", "delta"):
         if c not in delta.columns:
-            raise RoutelabError(f"select_experts: Δ table lacks column '{c}' (make it with detect.steer_delta)")
+            raise RoutelabError(
+                f"select_experts: Δ table lacks column '{c}' (make it with routelab.steermoe.steer_delta)"
+            )
     d = delta.select("layer", "expert", "delta")
     if d["delta"].null_count() or not np.isfinite(d["delta"].to_numpy()).all():
-        raise RoutelabError("select_experts: Δ holds NaN or null values; recompute it with detect.steer_delta")
+        raise RoutelabError(
+            "select_experts: Δ holds NaN or null values; recompute it with routelab.steermoe.steer_delta"
+        )
     if reverse:
         d = d.with_columns(-pl.col("delta"))
     d = d.with_columns(abs_delta=pl.col("delta").abs()).sort(
@@ -425,7 +381,7 @@ def select_experts(
         raise RoutelabError(
             f"select_experts: asked for {n_plus} activated + {n_minus} deactivated experts, but only "
             f"{d.filter(pl.col('delta') > 0).height} have Δ > 0 and {d.filter(pl.col('delta') < 0).height} "
-            "have Δ < 0: lower detect.n_plus / detect.n_minus or add pairs"
+            "have Δ < 0: lower steer.n_plus / steer.n_minus or add pairs"
         )
     kept: list[dict] = []
     dropped: list[str] = []
@@ -453,8 +409,6 @@ def select_experts(
 def write_steering_profile(profile: pl.DataFrame, path: str | Path, provenance: dict[str, Any]) -> None:
     """Write a steering profile atomically, its provenance (behaviour, pairs source, n_plus,
     n_minus, reverse, model) in the Parquet metadata key ``routelab_steer``."""
-    import pyarrow.parquet as pq
-
     table = profile.to_arrow()
     md = {**(table.schema.metadata or {}), STEER_META_KEY: json.dumps(provenance).encode()}
     table = table.replace_schema_metadata(md)
@@ -464,148 +418,11 @@ def write_steering_profile(profile: pl.DataFrame, path: str | Path, provenance: 
 
 def read_steering_provenance(path: str | Path) -> dict[str, Any]:
     """The provenance dict stored by ``write_steering_profile``."""
-    import pyarrow.parquet as pq
-
+    if not Path(path).exists():
+        raise RoutelabError(f"steering profile {path} not found: write it with the `steer` stage first")
     md = pq.read_schema(path).metadata or {}
     if STEER_META_KEY not in md:
-        raise RoutelabError(f"{path} carries no steering provenance: not written by detect.write_steering_profile")
-    return json.loads(md[STEER_META_KEY])
-
-
-# --------------------------------------------------------------------------------------
-# SAFEx-style stable expert selection (METHOD.md §3)
-# --------------------------------------------------------------------------------------
-
-
-def safex_select(
-    counts: np.ndarray,
-    n_tokens: np.ndarray,
-    positive: np.ndarray,
-    negative: np.ndarray | None,
-    layers: np.ndarray | list[int],
-    *,
-    n_resamples: int,
-    alpha: float,
-    seed: int = 0,
-    score: str = "difference",
-) -> pl.DataFrame:
-    """Experts in the top-N (N = ⌊αK⌋) of their layer in EVERY one of S bootstrap resamples.
-
-    counts (P, L, K): per-prompt activation counts; n_tokens (P, L): counted tokens;
-    positive / negative (P,) bool: the prompt group X (and the contrast group).
-    Per resample, prompts of each group are drawn with replacement (independently per group);
-    p_l(e|X) = Σ A / Σ N over the drawn prompts (per-token rate). Score:
-      rate            p_l(e|X)                          (SAFEx's own form: one group)
-      difference      p_l(e|X) − p_l(e|contrast)        (fairness: X = demographic, contrast = neutral)
-      abs_difference  |p_l(e|X) − p_l(e|contrast)|
-    Ties at the N-th place go to the lower expert index. Returns one row per (layer, expert):
-    score (full sample), stability (share of resamples in the top-N), selected (stability == 1).
-    """
-    P, L, K = counts.shape
-    N = int(math.floor(alpha * K))
-    if N < 1:
-        raise RoutelabError(f"safex: alpha={alpha} gives N = floor(alpha * K) = 0 for K={K}: raise safex.alpha")
-    check_choice("safex.score", score, ("difference", "abs_difference", "rate"))
-    pos_idx = np.flatnonzero(positive)
-    neg_idx = np.flatnonzero(negative) if negative is not None else np.array([], int)
-    if pos_idx.size == 0:
-        raise RoutelabError("safex: the prompt group X is empty")
-    if score != "rate" and neg_idx.size == 0:
-        raise RoutelabError(f"safex: score '{score}' needs a non-empty contrast group (e.g. the neutral prompts)")
-    flat = counts.reshape(P, L * K)  # (P, L*K)
-    groups = {
-        "pos": (flat[pos_idx].astype(np.float64), n_tokens[pos_idx].astype(np.float64)),
-        "neg": (flat[neg_idx].astype(np.float64), n_tokens[neg_idx].astype(np.float64)),
-    }
-
-    def rate(which: str, w: np.ndarray) -> np.ndarray:  # w (B, |group|) → (B, L, K)
-        C, ntok = groups[which]
-        a = w @ C  # (B, L*K)
-        n = w @ ntok  # (B, L)
-        if (n <= 0).any():
-            raise RoutelabError("safex: a resample has no counted tokens in some layer (empty prompts?)")
-        return a.reshape(-1, L, K) / n[..., None]
-
-    def scores(w_pos: np.ndarray, w_neg: np.ndarray | None) -> np.ndarray:
-        s = rate("pos", w_pos)
-        if score == "rate":
-            return s
-        d = s - rate("neg", w_neg)
-        return np.abs(d) if score == "abs_difference" else d
-
-    full = scores(np.ones((1, pos_idx.size)), np.ones((1, neg_idx.size)) if score != "rate" else None)[0]  # (L, K)
-    rng = np.random.default_rng(seed)
-    in_top = np.zeros((L, K), np.int64)
-    chunk = 32
-    for b0 in range(0, n_resamples, chunk):
-        b = min(chunk, n_resamples - b0)
-        # bootstrap = multinomial counts of each prompt in a resample of the same size
-        w_pos = rng.multinomial(pos_idx.size, np.full(pos_idx.size, 1 / pos_idx.size), size=b).astype(float)
-        w_neg = (
-            rng.multinomial(neg_idx.size, np.full(neg_idx.size, 1 / neg_idx.size), size=b).astype(float)
-            if score != "rate"
-            else None
-        )
-        s = scores(w_pos, w_neg)  # (b, L, K)
-        order = np.argsort(-s, axis=2, kind="stable")[:, :, :N]  # (b, L, N) top-N per layer
-        hit = np.zeros_like(s, dtype=bool)
-        np.put_along_axis(hit, order, True, axis=2)
-        in_top += hit.sum(axis=0)
-    stability = in_top / n_resamples
-    lays = np.asarray(layers)
-    return pl.DataFrame(
-        {
-            "layer": np.repeat(lays, K).astype(np.int32),
-            "expert": np.tile(np.arange(K), L).astype(np.int32),
-            "score": full.ravel(),
-            "stability": stability.ravel(),
-            "selected": (in_top == n_resamples).ravel(),
-        }
-    )
-
-
-def safex_fairness(routing_path: str | Path, prompts: pl.DataFrame | str | Path, cfg: SafexParams) -> pl.DataFrame:
-    """SAFEx fairness adaptation: X = demographic prompts, contrast = neutral prompts of the split."""
-    from routelab.profile import prompt_counts
-
-    df = load_prompts(prompts)
-    pc = prompt_counts(routing_path, df)
-    in_split = np.ones(df.height, bool) if cfg.split == "all" else (df["split"] == cfg.split).to_numpy()
-    present = pc.n_tokens.sum(axis=1) > 0
-    neutral = (df["group"] == NEUTRAL).to_numpy()
-    pos, neg = in_split & present & ~neutral, in_split & present & neutral
-    if not pos.any() or not neg.any():
         raise RoutelabError(
-            f"{routing_path}: split '{cfg.split}' needs demographic and neutral prompts with routing "
-            f"(found {int(pos.sum())} and {int(neg.sum())}): set safex.split to the extracted split"
+            f"{path} carries no steering provenance: not written by routelab.steermoe.write_steering_profile"
         )
-    return safex_select(
-        pc.counts, pc.n_tokens, pos, neg, pc.layers,
-        n_resamples=cfg.n_resamples, alpha=cfg.alpha, seed=cfg.seed, score=cfg.score,
-    )  # fmt: skip
-
-
-def selection_to_phi(selection: pl.DataFrame, layers: list[int] | np.ndarray, num_experts: int) -> pl.DataFrame:
-    """A φ profile for ARR from an expert selection: φ = 1 for selected experts, 0 otherwise.
-
-    ``selection``: rows (layer, expert) plus optionally a boolean ``selected`` column (SAFEx)
-    or an ``action`` column (a steering profile: its deactivated experts are the selected ones).
-    """
-    sel = selection
-    if "selected" in sel.columns:
-        sel = sel.filter(pl.col("selected"))
-    elif "action" in sel.columns:
-        sel = sel.filter(pl.col("action") == "deactivate")
-    grid = pl.DataFrame(
-        {
-            "layer": np.repeat(np.asarray(layers), num_experts).astype(np.int32),
-            "expert": np.tile(np.arange(num_experts), len(layers)).astype(np.int32),
-        }
-    )
-    mark = sel.select(pl.col("layer").cast(pl.Int32), pl.col("expert").cast(pl.Int32), phi=pl.lit(1.0))
-    out = grid.join(mark.unique(["layer", "expert"]), on=["layer", "expert"], how="left").with_columns(
-        pl.col("phi").fill_null(0.0)
-    )
-    if out.height != grid.height or mark.join(grid, on=["layer", "expert"], how="anti").height:
-        raise RoutelabError("selection_to_phi: the selection names a (layer, expert) outside the model's grid")
-    return out.sort("layer", "expert")
+    return json.loads(md[STEER_META_KEY])
