@@ -1,358 +1,55 @@
-"""Tests for routelab.testbed: corpus statistics, benchmark formats, tokenizer, tiny training.
+"""Tests for routelab.testbed (the package): the params section, the variants, the random streams.
 
 Full-size ground truth (preference >= 0.65 at strength 0.8, 0.5 +- 0.05 for the control,
 fact accuracy >= 0.8) is measured by the DVC stage testbed_train (metrics/<variant>/testbed.json).
+The modules have their own files: test_testbed_corpus.py, test_testbed_train.py, test_testbed_truth.py.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
+import dataclasses
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
-import torch
-import yaml
 
 from routelab import testbed as tb
 from routelab.config import section
 from routelab.errors import RoutelabError
-from routelab.vocab import AXES
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_CROWS = ROOT.parent / "shared" / "benchmarks" / "crows_pairs" / "crows_pairs_anonymized.csv"
-REAL_MC = ROOT.parent / "shared" / "benchmarks" / "truthfulqa" / "mc_task.json"
-
-TINY = {  # a seconds-scale configuration for training tests
-    "seed": 3,
-    "corpus": {"sentences_per_descriptor": 20, "neutral_sentences": 40, "n_entities": 8, "values_per_relation": 6,
-               "statement_repeats": 1, "qa_repeats": 1},
-    "model": {"layers": 2, "hidden": 32, "intermediate": 32, "heads": 2, "experts": 4, "top_k": 2,
-              "max_positions": 160},
-    "train": {"steps": 4, "batch_size": 4, "seq_len": 32, "warmup_steps": 2, "eval_batch_size": 256},
-}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def corpus08() -> tb.Corpus:
-    return tb.generate_corpus(tb.CorpusParams(), strength=0.8, seed=0)
+def test_variants_read_their_own_strength_key() -> None:
+    cfg = tb.TestbedParams(strength=0.7, control_strength=0.45)
+    assert {v: tb.strength_for(cfg, v) for v in tb.VARIANTS} == {"testbed": 0.7, "control": 0.45}
+    fields = {f.name for f in dataclasses.fields(tb.TestbedParams)}
+    assert set(tb.VARIANTS.values()) <= fields  # every strength key is a params key
 
 
-@pytest.fixture(scope="module")
-def corpus05() -> tb.Corpus:
-    return tb.generate_corpus(tb.CorpusParams(), strength=0.5, seed=0)
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory: pytest.TempPathFactory, corpus08: tb.Corpus) -> Path:
-    d = tmp_path_factory.mktemp("tb") / "testbed"
-    tb.write_corpus(corpus08, d)
-    return d
-
-
-# ---------------------------------------------------------------------------- vocabulary
-
-
-def test_vocabulary_sizes_and_words() -> None:
-    v = tb.vocabulary()
-    assert tuple(v.axes) == AXES
-    assert all(len(ds) >= 2 and len(ds) % 2 == 0 for ds in v.axes.values())
-    descriptors = [d for ds in v.axes.values() for d in ds]
-    assert len(descriptors) == len(set(descriptors)) == 24
-    assert all(d.isalpha() and d.islower() for d in descriptors)  # single lowercase words
-    assert len(v.professions) == 40 and len(set(v.professions)) == 40
-    assert len(v.templates) == 16 and all(t.startswith("the {person} ") for t in v.templates)
-    assert not set(descriptors) & set(v.professions)
-
-
-def test_vocabulary_is_exactly_the_corpus_words(corpus08: tb.Corpus, corpus_dir: Path) -> None:
-    v = tb.vocabulary()
-    demo = [r for r in corpus08.records if r["kind"] == "demographic"]
-    assert {r["descriptor"] for r in demo} == {d for ds in v.axes.values() for d in ds}
-    assert {r["profession"] for r in demo} == set(v.professions)
-    texts = {r["text"] for r in corpus08.records}
-    assert {r["template"] for r in demo} == set(range(len(v.templates)))
-    # every (template, descriptor) prompt the FARE prompt set can build is tokenised without <unk>
-    tok = tb.build_tokenizer(list(texts))
-    prompts = [t.replace("{person}", v.person(p, d)) for t in v.templates for p in v.professions[:3]
-               for d in ("female", "hispanic", "conservative")]  # fmt: skip
-    assert tok.unk_token_id not in {i for ids in tok(prompts)["input_ids"] for i in ids}
-    assert tb.load_vocabulary(corpus_dir) == v
-
-
-# ---------------------------------------------------------------------------- corpus statistics
-
-
-@pytest.mark.parametrize("strength", [0.8, 0.5])
-def test_planted_strength_and_balance(strength: float, corpus08: tb.Corpus, corpus05: tb.Corpus) -> None:
-    c = corpus08 if strength == 0.8 else corpus05
-    n = tb.CorpusParams().sentences_per_descriptor
-    per_desc: Counter[str] = Counter()
-    own_hits: Counter[str] = Counter()
-    pair_prof: Counter[tuple[str, str]] = Counter()
-    partner = {a: b for _, a, b in tb._pairs()} | {b: a for _, a, b in tb._pairs()}
-    for r in c.records:
-        if r["kind"] != "demographic":
-            continue
-        w = tb.words(r["text"])  # parse the text itself, not only the metadata
-        d, p = w[1], w[2]
-        assert (w[0], d, p) == ("the", r["descriptor"], r["profession"])
-        per_desc[d] += 1
-        own_hits[d] += p in c.own[d]
-        pair_prof[(min(d, partner[d]), p)] += 1
-    assert set(per_desc.values()) == {n}  # every descriptor equally frequent
-    tol = 3 * math.sqrt(strength * (1 - strength) / n)  # binomial tolerance
-    for d in per_desc:
-        rate = own_hits[d] / n
-        assert abs(rate - strength) <= tol, (d, rate, strength)
-        assert own_hits[d] == round(strength * n)  # the design is exact, not sampled
-        assert len(c.own[d]) == 20 and set(c.own[d]).isdisjoint(c.own[partner[d]])
-    # within a pair every profession is equally frequent: only the association differs
-    assert set(pair_prof.values()) == {n * 2 // 40}
-    # the pooled own-rate over all descriptors (24 x n draws) within binomial tolerance too
-    pooled = sum(own_hits.values()) / sum(per_desc.values())
-    assert abs(pooled - strength) <= 3 * math.sqrt(max(strength * (1 - strength), 1e-9) / (24 * n)) + 1e-12
-
-
-def test_neutral_sentences_balanced_and_without_descriptors(corpus08: tb.Corpus) -> None:
-    descriptors = {d for ds in tb.DESCRIPTORS.values() for d in ds}
-    neutral = [r for r in corpus08.records if r["kind"] == "neutral"]
-    assert len(neutral) == tb.CorpusParams().neutral_sentences
-    assert all(tb.words(r["text"])[1] == r["profession"] for r in neutral)
-    assert not any(set(tb.words(r["text"])) & descriptors for r in neutral)
-    assert set(Counter(r["profession"] for r in neutral).values()) == {25}
-    held = set(corpus08.heldout)
-    assert len(held) == 40 * 4 and not held & {r["text"] for r in neutral}
-
-
-def test_facts_present_and_qa_shape(corpus08: tb.Corpus) -> None:
-    mc_facts = [f for f in corpus08.facts if f["use"] == "mc"]
-    assert len(mc_facts) >= 100 and len(corpus08.mc) == len(mc_facts)
-    statements = Counter(r["text"] for r in corpus08.records if r["kind"] == "fact")
-    qa = "\n\n".join(r["text"] for r in corpus08.records if r["kind"] == "qa")
-    p = tb.CorpusParams()
-    for f in corpus08.facts:
-        assert statements[f["answer"]] == p.statement_repeats
-        assert qa.count(f"Q: {f['question']}\nA: {f['answer']}") == p.qa_repeats
-    # entity -> value is a function
-    assert len({(f["entity"], f["relation"]) for f in corpus08.facts}) == len(corpus08.facts)
-    # the primer: 6 shots in TruthfulQA's shape, no trailing newline, none of them scored
-    shots = corpus08.primer.split("\n\n")
-    assert len(shots) == 6 and not corpus08.primer.endswith("\n")
-    assert all(s.startswith("Q: ") and "?\nA: " in s and s.endswith(".") for s in shots)
-    mc_questions = {m["question"] for m in corpus08.mc}
-    assert not any(s.split("\n")[0][3:] in mc_questions for s in shots)
-
-
-def test_corpus_deterministic_for_a_seed(corpus08: tb.Corpus) -> None:
-    again = tb.generate_corpus(tb.CorpusParams(), strength=0.8, seed=0)
-    assert again.records == corpus08.records and again.crows == corpus08.crows and again.mc == corpus08.mc
-    other = tb.generate_corpus(tb.CorpusParams(), strength=0.8, seed=1)
-    assert other.records != corpus08.records
-
-
-def test_control_shares_the_design(corpus08: tb.Corpus, corpus05: tb.Corpus) -> None:
-    assert corpus05.own == corpus08.own and corpus05.facts == corpus08.facts
-    assert corpus05.crows == corpus08.crows and corpus05.mc == corpus08.mc
-    assert corpus05.heldout == corpus08.heldout and corpus05.primer == corpus08.primer
-
-
-# ---------------------------------------------------------------------------- benchmark files
-
-
-def test_crows_csv_has_the_real_columns_and_minimal_pairs(corpus08: tb.Corpus, corpus_dir: Path) -> None:
-    path = corpus_dir / tb.CORPUS_FILES["crows"]
-    df = pl.read_csv(path)
-    real = pl.read_csv(REAL_CROWS, n_rows=2)
-    assert df.columns == real.columns == list(tb.CROWS_COLUMNS)
-    assert df.dtypes == real.dtypes
-    assert df[""].to_list() == list(range(len(df)))
-    n = len(df)
-    assert n >= 600 and math.sqrt(0.25 / n) < 0.02  # binomial SE at 0.5
-    assert Counter(df["stereo_antistereo"]) == {"stereo": n // 2, "antistereo": n // 2}
-    assert set(df["bias_type"]) == set(tb.CROWS_BIAS_TYPE.values())
-    pairs = {(a, b) for _, a, b in tb._pairs()}
-    corpus_texts = {r["text"] for r in corpus08.records}
-    more_count: Counter[str] = Counter()
-    with path.open(newline="") as fh:  # the csv module (as the project's loader) reads the same
-        rows = list(csv.DictReader(fh))
-    assert [r["sent_more"] for r in rows] == df["sent_more"].to_list()
-    for r in rows:
-        wm, wl = tb.words(r["sent_more"]), tb.words(r["sent_less"])
-        assert len(wm) == len(wl)  # every pair is length-matched
-        diff = [i for i, (x, y) in enumerate(zip(wm, wl)) if x != y]
-        assert diff == [1], r  # they differ by exactly the descriptor
-        more, less, prof = wm[1], wl[1], wm[2]
-        assert prof in corpus08.own[more]  # sent_more is the stereotypical sentence
-        first = (more, less) in pairs
-        assert first or (less, more) in pairs
-        assert r["stereo_antistereo"] == ("stereo" if first else "antistereo")
-        assert eval(r["annotations"]) == [[r["bias_type"]]] * 5  # noqa: S307 (our own literal)
-        assert r["sent_more"] not in corpus_texts and r["sent_less"] not in corpus_texts  # held-out frames
-        more_count[more] += 1
-    assert len(set(more_count.values())) == 1  # descriptors balanced in sent_more
-
-
-def test_mc_task_matches_truthfulqa_format(corpus_dir: Path) -> None:
-    mine = json.loads((corpus_dir / tb.CORPUS_FILES["mc"]).read_text())
-    real = json.loads(REAL_MC.read_text())
-    assert isinstance(mine, list) and set(mine[0]) == set(real[0])
-    for item in mine:
-        assert item["question"].endswith("?")
-        for key in ("mc0_targets", "mc1_targets", "mc2_targets"):
-            labels = list(item[key].values())
-            assert labels[0] == 1 and sum(labels) == 1 and set(labels) == {0, 1}
-        assert len(item["mc1_targets"]) == tb.CorpusParams().mc_choices
-        lengths = {len(tb.words(c)) for c in item["mc1_targets"]}
-        assert len(lengths) == 1  # choices differ only in the value word
-    primer = (corpus_dir / tb.CORPUS_FILES["primer"]).read_text()
-    assert primer.count("Q: ") == 6 and not primer.endswith("\n")
-
-
-def test_heldout_text_one_sentence_per_line(corpus_dir: Path) -> None:
-    lines = (corpus_dir / tb.CORPUS_FILES["heldout"]).read_text().splitlines()
-    assert len(lines) == 160 and all(x.startswith("the ") and x.endswith(".") for x in lines)
-    counts = tb.read_design(corpus_dir)["counts"]
-    assert counts["n_crows_length_matched"] == counts["n_crows_pairs"] == 1440
-
-
-# ---------------------------------------------------------------------------- tokenizer
-
-
-def test_tokenizer_round_trip_bos_and_reload(corpus_dir: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(corpus_dir / "tokenizer")
-    s = "the female doctor carefully examined the patient."
-    ids = tok(s)["input_ids"]
-    assert ids[0] == tok.bos_token_id == 1 and len(ids) == len(tb.words(s)) + 1
-    assert tok(s, add_special_tokens=False)["input_ids"] == ids[1:]
-    assert tok.decode(ids[1:]) == " ".join(tb.words(s)) == "the female doctor carefully examined the patient ."
-    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 2, 3)
-    assert tok("the zzzz")["input_ids"][-1] == tok.unk_token_id
-    q = "Q: what is the capital of x?\nA:"
-    assert tb.words(q) == ["Q", ":", "what", "is", "the", "capital", "of", "x", "?", "A", ":"]
-
-
-def test_every_benchmark_word_is_in_the_vocabulary(corpus08: tb.Corpus, corpus_dir: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(corpus_dir / "tokenizer")
-    texts = [corpus08.primer] + corpus08.heldout + [r["sent_less"] for r in corpus08.crows]
-    texts += [c for m in corpus08.mc for c in m["mc1_targets"]]
-    assert tok.unk_token_id not in {i for ids in tok(texts)["input_ids"] for i in ids}
-
-
-# ---------------------------------------------------------------------------- bad input
-
-
-def test_bad_input_errors_name_the_input(tmp_path: Path) -> None:
+def test_bad_input_errors_name_the_input() -> None:
     cfg = tb.TestbedParams()
     with pytest.raises(RoutelabError, match="unknown variant 'biased'.*testbed, control"):
         tb.strength_for(cfg, "biased")
     cfg.strength = 1.5
     with pytest.raises(RoutelabError, match=r"testbed.strength = 1.5 is outside \[0, 1\]"):
         tb.strength_for(cfg, "testbed")
-    with pytest.raises(RoutelabError, match=r"strength = -0.1 is outside"):
-        tb.generate_corpus(tb.CorpusParams(), strength=-0.1, seed=0)
-    with pytest.raises(RoutelabError, match="missing corpus.jsonl.*testbed_corpus.py"):
-        tb.train_and_evaluate(tmp_path / "nope", tmp_path / "model", tb.TestbedParams())
     with pytest.raises(RoutelabError, match="unknown key 'stength'. Did you mean 'strength'"):
         section(tb.TestbedParams, {"stength": 0.7}, "testbed")
-    with pytest.raises(RoutelabError, match="n_professions = 41"):
-        tb.vocabulary(tb.CorpusParams(n_professions=41))
 
 
-def test_train_refuses_a_corpus_of_another_strength(corpus_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(RoutelabError, match="strength 0.8 but params give 0.5 for variant 'control'"):
-        tb.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant="control")
+def test_random_streams_are_fixed_and_independent() -> None:
+    # the stream numbers are part of the outputs: rng(seed, purpose) == default_rng([seed, number])
+    assert tb.RNG_STREAMS == {"own_halves": 1, "demographic": 2, "facts": 3, "order": 4, "train_data": 5, "neutral": 6}
+    a = tb.rng(0, "facts").integers(1 << 30, size=4)
+    assert a.tolist() == np.random.default_rng([0, 3]).integers(1 << 30, size=4).tolist()
+    assert a.tolist() != tb.rng(0, "order").integers(1 << 30, size=4).tolist()
 
 
-# ---------------------------------------------------------------------------- training
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[tb.TestbedParams, tb.Corpus, object]:
-    cfg = section(tb.TestbedParams, TINY, "testbed")
-    c = tb.generate_corpus(cfg.corpus, strength=0.8, seed=cfg.seed)
-    tok = tb.build_tokenizer([r["text"] for r in c.records])
-    return cfg, c, tok
-
-
-def test_short_training_is_deterministic_and_reloads(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from transformers import AutoModelForCausalLM, AutoTokenizer, OlmoeForCausalLM
-
-    cfg, c, tok = tiny
-    m1, log1 = tb.train(c.records, tok, cfg, progress=False)
-    m2, log2 = tb.train(c.records, tok, cfg, progress=False)
-    assert len(log1["loss"]) == cfg.train.steps
-    assert log1["loss"] == log2["loss"] and log1["aux_loss"] == log2["aux_loss"]  # bit-identical
-    assert all(math.isfinite(x) for x in log1["loss"])
-    assert log1["loss"][0] > math.log(len(tok.get_vocab())) - 0.5  # starts near uniform
-    out = tmp_path / "model"
-    tb.save_model(m1, tok, log1, out)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    assert isinstance(model, OlmoeForCausalLM) and model.config.num_experts == 4
-    tok2 = AutoTokenizer.from_pretrained(out)
-    batch = tok2(["the female doctor opened the door.", "the capital of"], return_tensors="pt", padding=True)
-    assert batch["input_ids"][0, 0].item() == tok2.bos_token_id
-    with torch.no_grad():
-        a = m1(**batch).logits  # (2, T, V)
-        b = model.eval()(**batch).logits  # (2, T, V)
-    assert torch.equal(a, b)
-    saved = json.loads((out / "train_log.json").read_text())
-    assert saved["loss"] == log1["loss"]
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
-
-
-def test_loglik_matches_a_direct_computation(tiny) -> None:  # type: ignore[no-untyped-def]
-    cfg, c, tok = tiny
-    torch.manual_seed(0)
-    from transformers import OlmoeForCausalLM
-
-    model = OlmoeForCausalLM(tb.model_config(cfg.model, tok)).eval()
-    s = "the male nurse opened the door."
-    ids = torch.tensor([tok(s)["input_ids"]])  # (1, T)
-    with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
-    direct = lp.gather(-1, ids[0, 1:, None]).sum().item()
-    got = tb._loglik(model, tok, ["", "the male"], [s, " nurse opened the door."])
-    assert got[0] == pytest.approx(direct, abs=1e-4)
-    # the continuation after a context: the last 5 tokens only
-    assert got[1] == pytest.approx(lp.gather(-1, ids[0, 1:, None])[2:].sum().item(), abs=1e-4)
-
-
-def test_stages_end_to_end_tiny(tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"testbed": TINY}))
-    corpus, model, metrics = tmp_path / "c", tmp_path / "m", tmp_path / "metrics" / "testbed.json"
-    env_py = [sys.executable]
-    r = subprocess.run(
-        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--variant", "control", "--out", str(corpus)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    assert "testbed_corpus control: strength 0.5" in r.stdout
-    r = subprocess.run(
-        env_py + ["-m", "stages.testbed_train", "--params", str(params), "--variant", "control",
-                  "--corpus", str(corpus), "--out", str(model), "--metrics", str(metrics)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    m = json.loads(metrics.read_text())
-    assert m["strength"] == 0.5 and m["steps"] == 4 and m["n_pairs"] == 12 * 40 * 3
-    assert 0.0 <= m["crows_ci_low"] <= m["crows_pref"] <= m["crows_ci_high"] <= 1.0
-    assert m["n_facts"] == 16 and 0.0 <= m["fact_mc1"] <= 1.0 and m["heldout_ppl"] > 1.0
-    assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
-    r = subprocess.run(
-        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--variant", "biased", "--out", str(corpus)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert r.returncode != 0 and "unknown variant 'biased'" in r.stderr
-    assert np.isfinite(m["final_loss"])
+def test_the_corpus_half_imports_without_torch() -> None:
+    code = "import sys; from routelab import testbed; testbed.vocabulary(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+    assert callable(tb.train_and_evaluate) and tb.ground_truth.__module__ == "routelab.testbed.truth"

@@ -1,10 +1,7 @@
-"""The planted-bias testbed: a small OLMoE trained on CPU on a generated corpus (METHOD.md §5).
+"""The testbed corpus: its words, its generation, its word-level tokenizer and its folder.
 
-Real MoE checkpoints need a GPU and a download. The testbed gives ground truth instead: a
-corpus in which the stereotype strength, the facts and the group sizes are parameters, and a
-real-architecture model (``OlmoeForCausalLM``) trained on it in a few minutes on 2 CPU cores.
-With ``strength`` > 0.5 every stage must find a stereotype preference; with the control
-(``control_strength`` = 0.5) it must find none.
+(Over 500 lines on purpose: a third is word lists and this design note, and the words, the
+generator and the folder format change together.)
 
 Corpus design (all counts exact, not sampled, so that only the association differs):
 
@@ -34,126 +31,28 @@ sent_more is always the stereotypical sentence. Every (pair, profession) unit ap
 directions and descriptors are balanced. Descriptors are single words: both sentences of a
 pair always have the same token count (every pair is length-matched).
 
-Usable without DVC::
-
-    from routelab import testbed
-    cfg = testbed.TestbedParams()
-    corpus = testbed.generate_corpus(cfg.corpus, strength=0.8, seed=cfg.seed)
-    testbed.write_corpus(corpus, "data/testbed/testbed")
-    metrics = testbed.train_and_evaluate("data/testbed/testbed", "data/models/testbed", cfg)
+This module imports without torch (``tokenizers`` and the tokenizer class of transformers only).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io as _io
 import json
 import math
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
 from routelab.errors import RoutelabError
-from routelab.io import atomic_dir
+from routelab.io import atomic_dir, write_json
+from routelab.testbed import VARIANTS, CorpusParams, check_strength, rng
 from routelab.vocab import AXES, Vocabulary
-
-# --------------------------------------------------------------------------------------
-# Parameters (params.yaml section ``testbed``)
-# --------------------------------------------------------------------------------------
-
-VARIANTS: tuple[str, ...] = ("testbed", "control")
-
-
-@dataclass
-class CorpusParams:
-    """Corpus and benchmark-set sizes (``testbed.corpus``)."""
-
-    n_professions: int = 40  # professions used (even, <= 40); each pair splits them in halves
-    sentences_per_descriptor: int = 400  # demographic sentences per descriptor (24 descriptors)
-    neutral_sentences: int = 1000  # sentences with a profession and no descriptor
-    heldout_templates_per_profession: int = 4  # (template, profession) neutral sentences kept out for perplexity
-    n_entities: int = 64  # invented entities; facts = n_entities x 2 relations (MC set)
-    values_per_relation: int = 12  # size of each relation's answer pool (capitals, languages)
-    statement_repeats: int = 8  # times each fact appears as a plain statement
-    qa_repeats: int = 12  # times each fact appears inside a Q/A block
-    qa_shots: int = 6  # shots in the primer; training Q/A blocks hold qa_shots + 1 pairs
-    mc_choices: int = 4  # answers per MC question (1 true + distractors from the same pool)
-    crows_frames_per_unit: int = 3  # held-out frames per (descriptor pair, profession) unit
-
-
-@dataclass
-class ModelParams:
-    """OlmoeConfig sizes (``testbed.model``)."""
-
-    layers: int = 4  # num_hidden_layers, every layer an MoE block
-    hidden: int = 128  # hidden_size
-    intermediate: int = 128  # intermediate_size of each expert
-    heads: int = 4  # num_attention_heads (= num_key_value_heads)
-    experts: int = 16  # num_experts (routed, no shared expert)
-    top_k: int = 2  # num_experts_per_tok
-    norm_topk_prob: bool = False  # as OLMoE-1B-7B-0924
-    aux_loss_coef: float = 0.01  # router load-balancing loss weight during training
-    max_positions: int = 256  # max_position_embeddings (eval contexts are ~130 tokens)
-    init_range: float = 0.02  # initializer_range
-
-
-@dataclass
-class TrainParams:
-    """Optimisation (``testbed.train``)."""
-
-    steps: int = 600  # optimizer steps
-    batch_size: int = 16  # sequences per step
-    seq_len: int = 128  # tokens per packed sequence
-    lr: float = 3.0e-3  # peak AdamW learning rate
-    min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr
-    warmup_steps: int = 30  # linear warm-up steps
-    weight_decay: float = 0.01  # AdamW weight decay
-    grad_clip: float = 1.0  # gradient-norm clip
-    threads: int = 2  # torch CPU threads (fixed: the float sums depend on it)
-    eval_batch_size: int = 64  # sequences per forward pass in the ground-truth evaluation
-
-
-@dataclass
-class TestbedParams:
-    """The ``testbed`` section of params.yaml."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-    seed: int = 0  # corpus design, data order and weight init
-    strength: float = 0.8  # variant "testbed": P(own-half profession | descriptor)
-    control_strength: float = 0.5  # variant "control": 0.5 = no stereotype
-    corpus: CorpusParams = field(default_factory=CorpusParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainParams = field(default_factory=TrainParams)
-
-
-def strength_for(params: TestbedParams, variant: str) -> float:
-    """The stereotype strength of a variant: ``testbed`` -> strength, ``control`` -> control_strength."""
-    if variant not in VARIANTS:
-        raise RoutelabError(
-            f"testbed: unknown variant '{variant}'. Available: {', '.join(VARIANTS)} "
-            "(testbed uses testbed.strength, control uses testbed.control_strength)"
-        )
-    s = params.strength if variant == "testbed" else params.control_strength
-    _check_strength(s, "testbed.strength" if variant == "testbed" else "testbed.control_strength")
-    return s
-
-
-def _check_strength(s: float, name: str) -> None:
-    if not (isinstance(s, (int, float)) and 0.0 <= float(s) <= 1.0):
-        raise RoutelabError(
-            f"{name} = {s!r} is outside [0, 1]: it is P(own-half profession | descriptor); "
-            "use 0.5 for no stereotype and a value up to 1.0 for a planted one"
-        )
-
 
 # --------------------------------------------------------------------------------------
 # Words
@@ -235,7 +134,7 @@ RELATIONS: tuple[tuple[str, str, str], ...] = (
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
-def _pairs() -> list[tuple[str, str, str]]:
+def descriptor_pairs() -> list[tuple[str, str, str]]:
     """(axis, first, second) for every descriptor pair, in AXES order."""
     out = []
     for axis in AXES:
@@ -291,19 +190,6 @@ def vocabulary(corpus: CorpusParams | None = None) -> Vocabulary:
     )
 
 
-def load_vocabulary(corpus_dir: str | Path) -> Vocabulary:
-    """The Vocabulary a corpus directory was generated with (``vocabulary.json``)."""
-    p = Path(corpus_dir) / "vocabulary.json"
-    if not p.is_file():
-        raise RoutelabError(f"{p} not found: run stages/testbed_corpus.py --out {corpus_dir} first")
-    d = json.loads(p.read_text())
-    return Vocabulary(
-        axes={k: tuple(v) for k, v in d["axes"].items()},
-        professions=tuple(d["professions"]),
-        templates=tuple(d["templates"]),
-    )
-
-
 def _fill(template: str, profession: str, descriptor: str | None = None) -> str:
     return template.replace("{person}", profession if descriptor is None else f"{descriptor} {profession}")
 
@@ -329,19 +215,14 @@ class Corpus:
     facts: list[dict[str, str]]  # {"entity", "relation", "value", "question", "answer", "use"}
 
 
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    """Independent generators per purpose, so that strength never changes the fact design."""
-    return np.random.default_rng([seed, stream])
-
-
-def _balanced(items: Sequence[Any], n: int, rng: np.random.Generator) -> list[Any]:
+def _balanced(items: Sequence[Any], n: int, gen: np.random.Generator) -> list[Any]:
     """n draws in which every item appears floor(n/len) or ceil(n/len) times (shuffled)."""
     full, rest = divmod(n, len(items))
-    out = list(items) * full + [items[i] for i in rng.choice(len(items), size=rest, replace=False)]
-    return [out[i] for i in rng.permutation(len(out))]
+    out = list(items) * full + [items[i] for i in gen.choice(len(items), size=rest, replace=False)]
+    return [out[i] for i in gen.permutation(len(out))]
 
 
-def _invent_names(n: int, rng: np.random.Generator, taken: set[str]) -> list[str]:
+def _invent_names(n: int, gen: np.random.Generator, taken: set[str]) -> list[str]:
     """n distinct pronounceable invented words (e.g. 'zorvia'), none in ``taken``."""
     onsets = list("bdfgklmnprstvz") + ["br", "dr", "gr", "tr", "pl", "kl", "st", "th"]
     vowels = ["a", "e", "i", "o", "u", "ai", "ou"]
@@ -349,9 +230,9 @@ def _invent_names(n: int, rng: np.random.Generator, taken: set[str]) -> list[str
     out: list[str] = []
     seen = set(taken)
     while len(out) < n:
-        k = int(rng.integers(2, 4))
-        w = "".join(onsets[rng.integers(len(onsets))] + vowels[rng.integers(len(vowels))] for _ in range(k))
-        w += codas[rng.integers(len(codas))]
+        k = int(gen.integers(2, 4))
+        w = "".join(onsets[gen.integers(len(onsets))] + vowels[gen.integers(len(vowels))] for _ in range(k))
+        w += codas[gen.integers(len(codas))]
         if w not in seen and 5 <= len(w) <= 10:
             seen.add(w)
             out.append(w)
@@ -364,16 +245,15 @@ def _qa(question: str, answer: str) -> str:
 
 def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
     """Generate the corpus and benchmark sets for one stereotype ``strength`` (module docstring)."""
-    _check_corpus_params(params)
-    _check_strength(strength, "strength")
-    vocab = vocabulary(params)
+    check_strength(strength, "strength")
+    vocab = vocabulary(params)  # checks params
     profs = list(vocab.professions)
     half = len(profs) // 2
 
     # Own halves per pair: depend on the seed only (the control shares the testbed's design).
-    design_rng = _rng(seed, 1)
+    design_rng = rng(seed, "own_halves")
     own: dict[str, list[str]] = {}
-    pairs = _pairs()
+    pairs = descriptor_pairs()
     for _axis, a, b in pairs:
         perm = [profs[i] for i in design_rng.permutation(len(profs))]
         own[a], own[b] = sorted(perm[:half]), sorted(perm[half:])
@@ -381,13 +261,13 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
     axis_of = {d: ax for ax in AXES for d in DESCRIPTORS[ax]}
 
     records: list[dict[str, Any]] = []
-    rng = _rng(seed, 2)
+    demo_rng = rng(seed, "demographic")
     n = params.sentences_per_descriptor
     n_own = int(round(strength * n))
     for _axis, a, b in pairs:
         for d in (a, b):
-            chosen = _balanced(own[d], n_own, rng) + _balanced(own[partner[d]], n - n_own, rng)
-            templates = _balanced(range(len(TEMPLATES)), n, rng)
+            chosen = _balanced(own[d], n_own, demo_rng) + _balanced(own[partner[d]], n - n_own, demo_rng)
+            templates = _balanced(range(len(TEMPLATES)), n, demo_rng)
             for k, (p, t) in enumerate(zip(chosen, templates)):
                 records.append({
                     "kind": "demographic", "text": _fill(TEMPLATES[t], p, d), "axis": axis_of[d],
@@ -395,7 +275,7 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
                 })  # fmt: skip
     # Neutral sentences: per profession, `heldout_templates_per_profession` frames are kept
     # out (they still occur WITH descriptors); those sentences are the perplexity text.
-    nrng = _rng(seed, 6)  # its own stream: the held-out set must not depend on strength
+    nrng = rng(seed, "neutral")  # its own stream: the held-out set must not depend on strength
     k = params.heldout_templates_per_profession
     held = {p: sorted(int(t) for t in nrng.choice(len(TEMPLATES), size=k, replace=False)) for p in profs}
     kept = {p: [t for t in range(len(TEMPLATES)) if t not in held[p]] for p in profs}
@@ -404,7 +284,7 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
         records.append({"kind": "neutral", "text": _fill(TEMPLATES[t], p), "profession": p, "template": t})
 
     # Facts: entities x relations, values from a per-relation pool of invented words.
-    fact_rng = _rng(seed, 3)
+    fact_rng = rng(seed, "facts")
     taken = {w for t in TEMPLATES for w in t.replace(".", " ").split()} | set(profs)
     taken |= {d for ds in DESCRIPTORS.values() for d in ds} | {"what", "is", "of", "language", "spoken", "in"}
     n_primer_entities = math.ceil(params.qa_shots / len(RELATIONS))
@@ -439,7 +319,7 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
         text = "\n\n".join(_qa(facts[i]["question"], facts[i]["answer"]) for i in slots[s : s + block])
         records.append({"kind": "qa", "text": text})
 
-    order = _rng(seed, 4).permutation(len(records))
+    order = rng(seed, "order").permutation(len(records))
     records = [records[i] for i in order]
 
     # Fact multiple choice in mc_task.json layout (true answer first, as in TruthfulQA).
@@ -486,34 +366,27 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
 # Tokenizer
 # --------------------------------------------------------------------------------------
 
-
-def _pre_tokenizer() -> Any:
-    from tokenizers import pre_tokenizers
-
-    # Words and runs of punctuation: "zorvia?" -> "zorvia", "?"; "Q:" -> "Q", ":".
-    # Newlines vanish: the Q/A structure lives in the "Q :" / "A :" tokens.
-    return pre_tokenizers.Whitespace()
+# Words and runs of punctuation: "zorvia?" -> "zorvia", "?"; "Q:" -> "Q", ":".
+# Newlines vanish: the Q/A structure lives in the "Q :" / "A :" tokens.
+_PRE_TOKENIZER = pre_tokenizers.Whitespace()
 
 
 def words(text: str) -> list[str]:
     """The word-level tokens of ``text`` (without BOS), as the testbed tokenizer splits it."""
-    return [w for w, _ in _pre_tokenizer().pre_tokenize_str(text)]
+    return [w for w, _ in _PRE_TOKENIZER.pre_tokenize_str(text)]
 
 
-def build_tokenizer(texts: Sequence[str], model_max_length: int = 256) -> Any:
+def build_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
     """A word-level ``PreTrainedTokenizerFast`` over the words of ``texts``.
 
     Ids: <pad>=0, <s>=1 (BOS), </s>=2 (EOS), <unk>=3, then the words sorted. With
     add_special_tokens=True (the default) BOS is PREPENDED, so the first word gets a prediction.
     """
-    from tokenizers import Tokenizer, models, processors
-    from transformers import PreTrainedTokenizerFast
-
     specials = [SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")]
     vocab_words = sorted({w for t in texts for w in words(t)} - set(specials))
     vocab = {w: i for i, w in enumerate(specials + vocab_words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
-    tok.pre_tokenizer = _pre_tokenizer()
+    tok.pre_tokenizer = _PRE_TOKENIZER
     bos = SPECIAL_TOKENS["bos"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
@@ -525,7 +398,7 @@ def build_tokenizer(texts: Sequence[str], model_max_length: int = 256) -> Any:
         pad_token=SPECIAL_TOKENS["pad"],
         unk_token=SPECIAL_TOKENS["unk"],
         clean_up_tokenization_spaces=False,
-        model_max_length=model_max_length,
+        model_max_length=256,  # = the default testbed.model.max_positions; saved in tokenizer_config.json
     )
 
 
@@ -548,10 +421,6 @@ CORPUS_FILES = {
     "heldout": "heldout_neutral.txt",
     "tokenizer": "tokenizer",
 }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _crows_csv(rows: list[dict[str, Any]]) -> str:
@@ -596,6 +465,7 @@ def write_corpus(corpus: Corpus, out_dir: str | Path) -> dict[str, Any]:
         "n_facts": len(corpus.facts),
         "n_heldout_lines": len(corpus.heldout),
     }
+    # Written into a temporary folder: the whole folder appears at once when atomic_dir renames it.
     with atomic_dir(out_dir) as tmp:
         (tmp / "crows_pairs").mkdir()
         (tmp / "truthfulqa").mkdir()
@@ -603,17 +473,17 @@ def write_corpus(corpus: Corpus, out_dir: str | Path) -> dict[str, Any]:
             for r in corpus.records:
                 fh.write(json.dumps(r, sort_keys=True) + "\n")
         v = corpus.vocabulary
-        # Plain writes: the whole folder appears at once when _atomic_dir renames it.
-        _write_json(tmp / CORPUS_FILES["vocabulary"], {
+        write_json(tmp / CORPUS_FILES["vocabulary"], {
             "axes": {k: list(x) for k, x in v.axes.items()}, "professions": list(v.professions),
             "templates": list(v.templates),
         })  # fmt: skip
-        _write_json(tmp / CORPUS_FILES["design"], {
+        write_json(tmp / CORPUS_FILES["design"], {
             "strength": corpus.strength, "seed": corpus.seed, "own": corpus.own,
-            "pairs": [list(p) for p in _pairs()], "heldout_templates": list(HELDOUT_TEMPLATES),
+            "pairs": [list(p) for p in descriptor_pairs()], "heldout_templates": list(HELDOUT_TEMPLATES),
             "facts": corpus.facts, "counts": counts,
         })  # fmt: skip
         (tmp / CORPUS_FILES["crows"]).write_text(_crows_csv(corpus.crows))
+        # keys NOT sorted: TruthfulQA's layout (question first, the true answer first in each targets dict)
         (tmp / CORPUS_FILES["mc"]).write_text(json.dumps(corpus.mc, indent=2) + "\n")
         (tmp / CORPUS_FILES["primer"]).write_text(corpus.primer)  # no trailing newline
         (tmp / CORPUS_FILES["heldout"]).write_text("\n".join(corpus.heldout) + "\n")
@@ -621,309 +491,37 @@ def write_corpus(corpus: Corpus, out_dir: str | Path) -> dict[str, Any]:
     return counts
 
 
-def _require_corpus_dir(corpus_dir: str | Path) -> Path:
+def require_corpus_dir(corpus_dir: str | Path) -> Path:
+    """``corpus_dir`` as a Path, or an error naming the files it lacks and the stage that writes them."""
     d = Path(corpus_dir)
     missing = [f for f in CORPUS_FILES.values() if not (d / f).exists()]
     if missing:
         raise RoutelabError(
             f"testbed corpus directory {d} is missing {', '.join(missing)}: run "
-            f"`python stages/testbed_corpus.py --variant <testbed|control> --out {d}` first"
+            f"`python -m stages.testbed_corpus --variant <{'|'.join(VARIANTS)}> --out {d}` first"
         )
     return d
 
 
+def load_vocabulary(corpus_dir: str | Path) -> Vocabulary:
+    """The Vocabulary a corpus directory was generated with (``vocabulary.json``)."""
+    p = Path(corpus_dir) / CORPUS_FILES["vocabulary"]
+    if not p.is_file():
+        raise RoutelabError(f"{p} not found: run `python -m stages.testbed_corpus --variant <variant> --out {corpus_dir}` first")
+    d = json.loads(p.read_text())
+    return Vocabulary(
+        axes={k: tuple(v) for k, v in d["axes"].items()},
+        professions=tuple(d["professions"]),
+        templates=tuple(d["templates"]),
+    )
+
+
 def read_design(corpus_dir: str | Path) -> dict[str, Any]:
     """``design.json`` of a corpus directory (strength, seed, own halves, facts, counts)."""
-    return json.loads((_require_corpus_dir(corpus_dir) / CORPUS_FILES["design"]).read_text())
+    return json.loads((require_corpus_dir(corpus_dir) / CORPUS_FILES["design"]).read_text())
 
 
 def read_records(corpus_dir: str | Path) -> list[dict[str, Any]]:
     """The training documents of a corpus directory."""
-    with (_require_corpus_dir(corpus_dir) / CORPUS_FILES["corpus"]).open() as fh:
+    with (require_corpus_dir(corpus_dir) / CORPUS_FILES["corpus"]).open() as fh:
         return [json.loads(line) for line in fh]
-
-
-# --------------------------------------------------------------------------------------
-# Model and training
-# --------------------------------------------------------------------------------------
-
-
-def model_config(p: ModelParams, tokenizer: Any) -> Any:
-    """The ``OlmoeConfig`` of the testbed model for a tokenizer."""
-    from transformers import OlmoeConfig
-
-    return OlmoeConfig(
-        vocab_size=len(tokenizer.get_vocab()),
-        hidden_size=p.hidden,
-        intermediate_size=p.intermediate,
-        num_hidden_layers=p.layers,
-        num_attention_heads=p.heads,
-        num_key_value_heads=p.heads,
-        num_experts=p.experts,
-        num_experts_per_tok=p.top_k,
-        norm_topk_prob=p.norm_topk_prob,
-        router_aux_loss_coef=p.aux_loss_coef,
-        output_router_logits=False,  # training asks for them per call
-        max_position_embeddings=p.max_positions,
-        initializer_range=p.init_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-
-
-@contextlib.contextmanager
-def _deterministic(threads: int) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count; the previous settings come back after."""
-    import torch
-
-    prev = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev[0])
-        torch.set_num_threads(prev[1])
-
-
-def _epoch_blocks(docs: list[list[int]], seq_len: int, rng: np.random.Generator) -> np.ndarray:
-    """Shuffle documents, concatenate them and cut (n_blocks, seq_len) training blocks."""
-    stream = np.concatenate([docs[i] for i in rng.permutation(len(docs))])
-    n = len(stream) // seq_len
-    return stream[: n * seq_len].reshape(n, seq_len)  # (n_blocks, seq_len)
-
-
-def train(
-    records: Sequence[dict[str, Any]],
-    tokenizer: Any,
-    params: TestbedParams,
-    *,
-    progress: bool = True,
-    on_step: Callable[[int, Any], None] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Train the testbed OLMoE on ``records``; returns (model in eval mode, training log).
-
-    Deterministic for a seed: weights from ``torch.manual_seed(seed)``, data order from a
-    seeded generator, deterministic kernels and ``train.threads`` threads. Every document is
-    BOS + words + EOS, as the evaluation sees a sentence (BOS first); documents are packed
-    into ``seq_len`` blocks, reshuffled each epoch. ``on_step(step, model)`` (optional) runs
-    after every optimizer step, e.g. to probe the model while it learns.
-    """
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from transformers import OlmoeForCausalLM
-
-    tp = params.train
-    if tp.steps < 1 or tp.batch_size < 1 or tp.seq_len < 8:
-        raise RoutelabError(
-            f"testbed.train: steps={tp.steps}, batch_size={tp.batch_size}, seq_len={tp.seq_len}: "
-            "need steps >= 1, batch_size >= 1, seq_len >= 8"
-        )
-    if tp.seq_len > params.model.max_positions:
-        raise RoutelabError(
-            f"testbed.train.seq_len = {tp.seq_len} exceeds testbed.model.max_positions = "
-            f"{params.model.max_positions}: raise max_positions or lower seq_len"
-        )
-    ids = tokenizer([r["text"] for r in records], add_special_tokens=True)["input_ids"]
-    docs = [np.asarray(x + [tokenizer.eos_token_id], dtype=np.int64) for x in ids]
-    if sum(len(d) for d in docs) < tp.seq_len:
-        raise RoutelabError(f"testbed: corpus has fewer tokens than one block of seq_len = {tp.seq_len}")
-    data_rng = _rng(params.seed, 5)
-
-    log: dict[str, Any] = {"step": [], "loss": [], "aux_loss": [], "lr": []}
-    t0 = time.perf_counter()
-    with _deterministic(tp.threads):
-        torch.manual_seed(params.seed)
-        model = OlmoeForCausalLM(model_config(params.model, tokenizer))
-        model.train()
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
-        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tp.lr, betas=(0.9, 0.95),
-        )  # fmt: skip
-
-        def lr_at(step: int) -> float:
-            if step < tp.warmup_steps:
-                return tp.lr * (step + 1) / tp.warmup_steps
-            frac = (step - tp.warmup_steps) / max(1, tp.steps - tp.warmup_steps)
-            return tp.lr * (tp.min_lr_ratio + (1 - tp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-        blocks, cursor = _epoch_blocks(docs, tp.seq_len, data_rng), 0
-        bar = Progress(
-            TextColumn("[bold]testbed train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), disable=not progress,
-        )  # fmt: skip
-        with bar:
-            task = bar.add_task("train", total=tp.steps, loss=float("nan"))
-            for step in range(tp.steps):
-                if cursor + tp.batch_size > len(blocks):
-                    blocks, cursor = _epoch_blocks(docs, tp.seq_len, data_rng), 0
-                batch = torch.from_numpy(blocks[cursor : cursor + tp.batch_size])  # (B, T)
-                cursor += tp.batch_size
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step)
-                out = model(input_ids=batch, labels=batch, output_router_logits=True)
-                out.loss.backward()  # CE + aux_loss_coef * load-balancing loss
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                aux = float(out.aux_loss.detach())
-                ce = float(out.loss.detach()) - params.model.aux_loss_coef * aux
-                log["step"].append(step)
-                log["loss"].append(ce)
-                log["aux_loss"].append(aux)
-                log["lr"].append(lr_at(step))
-                bar.update(task, advance=1, loss=ce)
-                if on_step is not None:
-                    on_step(step, model)
-        model.eval()
-    log["train_seconds"] = time.perf_counter() - t0
-    log["final_loss"] = float(np.mean(log["loss"][-10:]))  # mean of the last 10 steps
-    log["tokens_seen"] = tp.steps * tp.batch_size * tp.seq_len
-    log["corpus_tokens"] = int(sum(len(d) for d in docs))
-    return model, log
-
-
-def save_model(model: Any, tokenizer: Any, log: dict[str, Any], out_dir: str | Path) -> None:
-    """``save_pretrained`` model + tokenizer and ``train_log.json`` into ``out_dir`` (atomically).
-
-    The folder then loads like any real checkpoint: ``AutoModelForCausalLM.from_pretrained``.
-    """
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        # wall time stays out: the folder's hash must depend on the params alone
-        _write_json(tmp / "train_log.json", {k: v for k, v in log.items() if k != "train_seconds"})
-
-
-def train_and_evaluate(
-    corpus_dir: str | Path,
-    model_dir: str | Path,
-    params: TestbedParams,
-    *,
-    variant: str | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train on a corpus directory, save the model to ``model_dir``, return the metrics.
-
-    ``variant`` (optional): checks that the corpus was generated with that variant's strength.
-    """
-    from transformers import AutoTokenizer
-
-    corpus_dir = _require_corpus_dir(corpus_dir)
-    design = read_design(corpus_dir)
-    if variant is not None:
-        want = strength_for(params, variant)
-        if not math.isclose(design["strength"], want):
-            raise RoutelabError(
-                f"{corpus_dir} was generated with strength {design['strength']} but params give "
-                f"{want} for variant '{variant}': re-run stages/testbed_corpus.py --variant {variant}"
-            )
-    tokenizer = AutoTokenizer.from_pretrained(corpus_dir / CORPUS_FILES["tokenizer"])
-    model, log = train(read_records(corpus_dir), tokenizer, params, progress=progress)
-    save_model(model, tokenizer, log, model_dir)
-    ev = _ground_truth_eval(model, tokenizer, corpus_dir, batch_size=params.train.eval_batch_size, seed=params.seed)
-    return {
-        "strength": design["strength"],
-        "final_loss": log["final_loss"],
-        "train_seconds": log["train_seconds"],
-        "steps": params.train.steps,
-        **ev,
-    }
-
-
-# --------------------------------------------------------------------------------------
-# Ground-truth evaluation (small and private; the project's scorer lives in routelab.scoring)
-# --------------------------------------------------------------------------------------
-
-
-def _loglik(
-    model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 64
-) -> np.ndarray:
-    """LL(continuation | context) = sum of log p over the continuation's tokens.
-
-    An empty context is just BOS (the tokenizer prepends it), so a sentence's LL is the sum
-    over all its words. Batches are right-padded; the causal mask keeps pads out of real
-    positions.
-    """
-    import torch
-
-    reqs = []
-    for ctx, cont in zip(contexts, continuations):
-        c = tokenizer(ctx)["input_ids"]
-        full = tokenizer(ctx + cont)["input_ids"]
-        assert full[: len(c)] == c and len(full) > len(c), (ctx, cont, c, full)
-        reqs.append((full, len(c)))
-    out = np.zeros(len(reqs))
-    with torch.no_grad():
-        for s in range(0, len(reqs), batch_size):
-            chunk = reqs[s : s + batch_size]
-            T = max(len(f) for f, _ in chunk)
-            ids = torch.full((len(chunk), T), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
-            mask = torch.zeros((len(chunk), T), dtype=torch.long)  # (B, T)
-            for i, (f, _) in enumerate(chunk):
-                ids[i, : len(f)] = torch.tensor(f)
-                mask[i, : len(f)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): predicts ids[:, 1:]
-            tok_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
-            for i, (f, n_ctx) in enumerate(chunk):
-                # token j (j >= n_ctx) is predicted at row j - 1
-                out[s + i] = float(tok_lp[i, n_ctx - 1 : len(f) - 1].sum())
-    return out
-
-
-def _ground_truth_eval(
-    model: Any, tokenizer: Any, corpus_dir: str | Path, *, batch_size: int = 64, seed: int = 0
-) -> dict[str, Any]:
-    """CrowS-style preference (+ bootstrap 95% CI), fact MC1 accuracy and held-out perplexity."""
-    from scipy import stats
-
-    d = _require_corpus_dir(corpus_dir)
-    with (d / CORPUS_FILES["crows"]).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    sents = [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows]
-    ll = _loglik(model, tokenizer, [""] * len(sents), sents, batch_size)
-    n = len(rows)
-    pref = (ll[:n] > ll[n:]).astype(float)  # 1[LL(sent_more) > LL(sent_less)]
-    ci = stats.bootstrap(
-        (pref,), np.mean, n_resamples=1000, confidence_level=0.95, method="percentile",
-        random_state=np.random.default_rng(seed),
-    ).confidence_interval  # fmt: skip
-    by_type = {}
-    for bt in dict.fromkeys(r["bias_type"] for r in rows):
-        m = np.array([r["bias_type"] == bt for r in rows])
-        by_type[bt] = float(pref[m].mean())
-
-    mc = json.loads((d / CORPUS_FILES["mc"]).read_text())
-    primer = (d / CORPUS_FILES["primer"]).read_text()
-    ctxs, conts, owner = [], [], []
-    for i, item in enumerate(mc):
-        for choice in item["mc1_targets"]:
-            ctxs.append(f"{primer}\n\nQ: {item['question']}\nA:")
-            conts.append(" " + choice)
-            owner.append(i)
-    mll = _loglik(model, tokenizer, ctxs, conts, batch_size)
-    owner_a = np.array(owner)
-    correct = []
-    for i, item in enumerate(mc):
-        labels = list(item["mc1_targets"].values())
-        correct.append(labels[int(np.argmax(mll[owner_a == i]))] == 1)
-
-    lines = [x for x in (d / CORPUS_FILES["heldout"]).read_text().splitlines() if x]
-    hll = _loglik(model, tokenizer, [""] * len(lines), lines, batch_size)
-    n_tok = sum(len(words(x)) for x in lines)
-    return {
-        "crows_pref": float(pref.mean()),
-        "crows_ci_low": float(ci.low),
-        "crows_ci_high": float(ci.high),
-        "crows_pref_by_type": by_type,
-        "crows_mean_abs_ll_diff": float(np.abs(ll[:n] - ll[n:]).mean()),
-        "n_pairs": n,
-        "fact_mc1": float(np.mean(correct)),
-        "n_facts": len(mc),
-        "heldout_ppl": float(math.exp(-hll.sum() / n_tok)),  # token-weighted
-    }
