@@ -248,6 +248,8 @@ class Comparison:
     n_bootstrap: int
     seed: int
     p_bh: float | None = None  # Benjamini–Hochberg across the stage's family (with_bh)
+    benchmark: str = ""  # where the metric comes from
+    condition: str = ""  # the condition compared with the baseline
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +261,8 @@ def compare_paired(
     stat: Stat = mean_stat,
     *,
     metric: str = "",
+    benchmark: str = "",
+    condition: str = "",
     n_permutations: int = N_PERMUTATIONS,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
@@ -311,6 +315,7 @@ def compare_paired(
         p=float(min(1.0, perm.pvalue)), ci_low=lo, ci_high=hi,
         effect=effect if effect is None or np.isfinite(effect) else None,
         n=int(n), n_permutations=int(n_permutations), n_bootstrap=int(n_bootstrap), seed=int(seed),
+        benchmark=benchmark, condition=condition,
     )  # fmt: skip
 
 
