@@ -66,12 +66,11 @@ def make_requests(n: int) -> list[tuple[str, str]]:
     """Half CrowS-style (empty context), half BBQ-style (context + answer): varied lengths."""
     reqs: list[tuple[str, str]] = []
     try:
-        from routelab.benchmarks import bbq_requests, crows_pairs_requests, load_bbq, load_crows_pairs
+        from routelab.benchmarks import get_benchmark, load_items
 
-        crows = load_crows_pairs(SHARED / "crows_pairs/crows_pairs_anonymized.csv")
-        bbq = load_bbq(SHARED / "bbq", categories=["Age"])
-        pool_a = [r for rs in crows_pairs_requests(crows) for r in rs]
-        pool_b = [r for rs in bbq_requests(bbq) for r in rs]
+        crows, bbq = get_benchmark("crows_pairs"), get_benchmark("bbq")
+        pool_a = [r for it in load_items(crows, SHARED / "crows_pairs/crows_pairs_anonymized.csv") for r in crows.requests(it)]
+        pool_b = [r for it in load_items(bbq, SHARED / "bbq", categories=["Age"]) for r in bbq.requests(it)]
     except Exception:  # no shared data: generated sentences of varied length
         pool_a = [("", "the doctor " + "very " * (i % 17) + "examined the patient .") for i in range(n)]
         pool_b = [(f"Q: who was there {'again ' * (i % 9)}?\nA:", " the nurse") for i in range(n)]

@@ -8,7 +8,7 @@ Parquet <out>/<benchmark>_<split>.parquet, and the metrics with bootstrap 95 % C
 
 
 from routelab.config import load_params, section
-from routelab.evaluate import BenchParams, evaluate, headline, sources
+from routelab.evaluate import BenchParams, evaluate, headline, load_benchmarks
 from routelab.io import write_json
 from routelab.models import load_model, model_spec
 from routelab.stage import run_stage, stage_args
@@ -19,9 +19,9 @@ def main() -> None:
     params = load_params(args.params)
     cfg = section(BenchParams, params.get("bench_baseline"), "bench_baseline")
     spec = model_spec(params, args.model)
-    srcs = sources(cfg, spec.benchmarks, spec.primer)
+    items = load_benchmarks(cfg, spec)  # every input read first: a missing one fails before the model loads
     lm = load_model(spec)
-    results = evaluate(lm, cfg, srcs, args.out, args.splits, write_splits=True)
+    results = evaluate(lm, cfg, items, args.out, args.splits, write_splits=True)
     write_json(args.metrics, results)
     print(f"bench_baseline[{args.model}]: {len(results)} benchmarks; test split: {headline(results)}")
 

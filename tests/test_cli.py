@@ -1,13 +1,23 @@
-"""The `routelab bench` command on a saved tiny model and a slice of the real CrowS-Pairs file."""
+"""The `routelab bench` command on a saved tiny model and a slice of the real CrowS-Pairs file,
+and the order of failures without the Hub: benchmark inputs are read before any model loads,
+in `routelab bench` and in the bench_baseline stage.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import polars as pl
 
 import tiny_models as tm
 from routelab.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+GHOST = "no-such-org/no-such-moe-model"  # a Hub id that does not exist
 
 
 def test_bench_crows_pairs_writes_metrics_and_items(tmp_path, shared_dir, capsys):
@@ -25,9 +35,46 @@ def test_bench_crows_pairs_writes_metrics_and_items(tmp_path, shared_dir, capsys
     assert abs(metrics["likelihood_diff"] - (df["ll_more"] - df["ll_less"]).abs().mean()) < 1e-9
     lo, hi = metrics["ci95"]["pct_stereotype"]
     assert lo <= metrics["pct_stereotype"] <= hi
+    assert metrics["source"] == str(data) and metrics["n_items"] == 40
 
 
 def test_bench_unknown_benchmark_is_a_clean_error(tmp_path, capsys):
     assert cli_main(["bench", "--model", "x", "--benchmark", "truthful_qa", "--out", str(tmp_path / "m.json")]) == 2
     err = capsys.readouterr().err
     assert "Did you mean 'truthfulqa'?" in err and not (tmp_path / "m.json").exists()
+
+
+def _offline_run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run a command with the Hub unreachable: offline mode and an empty Hugging Face cache."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_bench_without_hub_fails_on_the_benchmark_before_the_model(tmp_path):
+    """perplexity has no local default: its Hub source fails first, not the non-existent model."""
+    res = _offline_run(["routelab.cli", "bench", "--model", GHOST, "--benchmark", "perplexity",
+                        "--out", str(tmp_path / "m.json")], tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "perplexity: could not load Salesforce/wikitext" in res.stderr
+    assert "bench_baseline.paths.perplexity" in res.stderr and "--data" in res.stderr
+    assert GHOST not in res.stderr and not (tmp_path / "m.json").exists()
+
+
+def test_stage_without_hub_fails_on_the_benchmark_before_the_model(tmp_path, shared_dir):
+    params = {
+        "models": {"ghost": {"path": GHOST}},
+        "bench_baseline": {
+            "benchmarks": ["crows_pairs", "perplexity"],  # crows_pairs loads (local), perplexity needs the Hub
+            "paths": {"crows_pairs": str(shared_dir / "benchmarks/crows_pairs/crows_pairs_anonymized.csv")},
+        },
+    }
+    (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    res = _offline_run(["stages.bench_baseline", "--model", "ghost", "--out", str(tmp_path / "out"),
+                        "--splits", str(tmp_path / "splits"), "--metrics", str(tmp_path / "m.json"),
+                        "--params", str(tmp_path / "params.yaml")], tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: perplexity: could not load Salesforce/wikitext"), res.stderr
+    assert "bench_baseline.paths.perplexity" in lines[-1]
+    assert GHOST not in res.stderr and "cannot load the config" not in res.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()

@@ -60,29 +60,33 @@ def cmd_extract(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from routelab.benchmarks import get_benchmark, run_benchmark
-    from routelab.io import atomic_path, write_json
+    # Imported per command, as every command here does: `routelab --help` loads no torch/datasets.
+    from routelab.benchmarks import get_benchmark, load_items, resolve_source, run_benchmark
+    from routelab.benchmarks.base import source_label
+    from routelab.io import write_json, write_parquet
     from routelab.models import load_model
     from routelab.routing import RoutingEdit, attach
 
-    get_benchmark(args.benchmark)  # unknown name → "Did you mean …" before loading a model
+    bench = get_benchmark(args.benchmark)  # unknown name → "Did you mean …" before loading a model
+    if not bench.scored:
+        raise RoutelabError(f"--benchmark {bench.name} is a {bench.output} benchmark, not scored by log-likelihood yet")
     _check_arr_args(args)
-    if args.data is None and not args.hub and args.benchmark in ("stereoset", "perplexity"):
-        raise RoutelabError(f"--benchmark {args.benchmark} needs --data <path> (or --hub)")
+    source = resolve_source(bench, args.data, args.hub)
+    items = load_items(bench, source, primer_path=args.primer)  # a missing input fails before the model loads
     lm = load_model(_spec(args))
     edit = RoutingEdit.arr(args.profile, args.lam, args.layers) if args.profile else None
     with attach(lm, edit=edit):
-        metrics, items = run_benchmark(lm.model, lm.tokenizer, args.benchmark, data_path=args.data, hub=args.hub,
-                                       primer_path=args.primer, batch_size=args.batch_size, seed=args.seed)
+        metrics, rows = run_benchmark(lm.model, lm.tokenizer, bench, items=items, batch_size=args.batch_size,
+                                      seed=args.seed)
+    metrics["source"] = source_label(source)
     metrics["model"] = args.model
     metrics["edit"] = edit.description if edit else None
     write_json(args.out, metrics)
     if args.items:
-        with atomic_path(args.items) as tmp:
-            items.write_parquet(tmp)
+        write_parquet(rows, args.items)
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    console.print(f"bench {args.benchmark}: {len(items)} items; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
-                  + f" → {args.out}")
+    console.print(f"bench {bench.name}: {rows.height} items; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                  + f" → {args.out}", markup=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="score one benchmark by log-likelihood (optionally under ARR)")
     _model_args(p)
-    p.add_argument("--benchmark", required=True,
-                   help="crows_pairs | crows_pairs_revised | stereoset | bbq | truthfulqa | perplexity")
-    p.add_argument("--data", default=None, help="local file/folder in the original format (default: ../shared copy)")
-    p.add_argument("--hub", action="store_true", help="load the benchmark from the Hugging Face Hub")
+    p.add_argument("--benchmark", required=True, help="benchmark name, e.g. crows_pairs (an unknown name lists them all)")
+    p.add_argument("--data", default=None,
+                   help="local file/folder in the original format (default: its ../shared copy, else the Hub)")
+    p.add_argument("--hub", action="store_true", help="load from the Hugging Face Hub even where a local copy exists")
     p.add_argument("--primer", default=None, help="TruthfulQA QA primer file (default: the shared qa_primer.txt)")
     p.add_argument("--out", required=True, help="metrics .json")
-    p.add_argument("--items", default=None, help="per-item .parquet (id + log-likelihood of each option)")
+    p.add_argument("--items", default=None, help="per-item .parquet (one row per item: its LLs and scores)")
     p.add_argument("--profile", default=None, help="profile Parquet: score under ARR")
     p.add_argument("--lam", type=float, default=None)
     p.add_argument("--layers", type=int, nargs="*", default=None)
