@@ -7,10 +7,18 @@ mapping by module name is exercised.
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
+from pathlib import Path
+
 import torch
 import transformers as tf
+from safetensors.torch import save_file
+from tokenizers import pre_tokenizers
 
 from routelab.adapters import adapter_by_name
+from routelab.remote_code import install_import_shims, restore_legacy_rope
 
 H = 32
 COMMON = dict(vocab_size=64, hidden_size=H, num_hidden_layers=3, num_attention_heads=4,
@@ -46,9 +54,7 @@ def build(arch: str, seed: int = 0):
     """(model in eval mode, adapter) for a family's tiny random model."""
     torch.manual_seed(seed)
     if arch == "DeepseekForCausalLM":
-        from deepseek_moe_local import DeepseekConfig, DeepseekForCausalLM
-
-        model = DeepseekForCausalLM(DeepseekConfig(hidden_size=H))
+        model = deepseek_moe_model(deepseek_moe_config(vocab_size=COMMON["vocab_size"]))
     else:
         model = getattr(tf, arch)(CONFIGS[arch]())
     adapter = adapter_by_name(arch)
@@ -60,6 +66,79 @@ def build(arch: str, seed: int = 0):
                 if hasattr(module, "e_score_correction_bias"):
                     module.e_score_correction_bias.copy_(0.05 * torch.randn(module.weight.shape[0], generator=gen))
     return model.eval(), adapter
+
+
+# ---- DeepSeekMoE: routelab's local remote code (tests/remote_code/deepseek_moe) -----------------
+DEEPSEEK_MOE_CODE = Path(__file__).parent / "remote_code" / "deepseek_moe"
+
+
+def deepseek_moe_config(vocab_size: int, rope_scaling: dict | None = None) -> dict:
+    """config.json of a tiny DeepSeekMoE: the keys of deepseek-ai/deepseek-moe-16b-base's, tiny sizes
+    (64 routed experts top-6 → 8 top-2; 2 shared experts; layer 0 dense)."""
+    return {
+        "architectures": ["DeepseekForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_deepseek.DeepseekConfig",
+            "AutoModel": "modeling_deepseek.DeepseekModel",
+            "AutoModelForCausalLM": "modeling_deepseek.DeepseekForCausalLM",
+        },
+        "model_type": "deepseek",
+        "attention_bias": False, "attention_dropout": 0.0, "aux_loss_alpha": 0.001, "seq_aux": True,
+        "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0,  # word_tokenizer's <s>, </s>, <pad>
+        "first_k_dense_replace": 1, "moe_layer_freq": 1, "hidden_act": "silu", "hidden_size": H,
+        "initializer_range": 0.02, "intermediate_size": COMMON["intermediate_size"],
+        "max_position_embeddings": 128, "moe_intermediate_size": 16,  # 128: CrowS sentences fit
+        "n_routed_experts": 8, "n_shared_experts": 2, "norm_topk_prob": False, "num_experts_per_tok": 2,
+        "num_attention_heads": COMMON["num_attention_heads"], "num_key_value_heads": COMMON["num_key_value_heads"],
+        "num_hidden_layers": COMMON["num_hidden_layers"], "rms_norm_eps": 1e-6,
+        "rope_scaling": rope_scaling, "rope_theta": 10000.0, "scoring_func": "softmax",
+        "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True, "vocab_size": vocab_size,
+    }  # fmt: skip
+
+
+def deepseek_moe_model(config_json: dict):
+    """The local remote-code model built in this process from ``config_json`` (random weights)."""
+    install_import_shims()  # the remote code imports is_torch_fx_available, removed in transformers 5.x
+    # Imported here, not at the top: the shim above must be in place before the module is imported.
+    from remote_code.deepseek_moe.configuration_deepseek import DeepseekConfig
+    from remote_code.deepseek_moe.modeling_deepseek import DeepseekForCausalLM
+
+    # a deep copy: 5.x standardises the rope_scaling dict it is given in place
+    config = DeepseekConfig(**{k: copy.deepcopy(v) for k, v in config_json.items() if k != "model_type"})
+    restore_legacy_rope(config, config_json)  # as load_model does with the saved config.json
+    config.use_cache = False  # as load_model does for a family with kv_cache=False (legacy cache API)
+    return DeepseekForCausalLM(config)
+
+
+def save_tiny_deepseek_moe(path, texts: list[str], seed: int = 0, rope_scaling: dict | None = None):
+    """A tiny DeepSeekMoE folder laid out like the Hub's deepseek-ai/deepseek-moe-16b-base: config.json
+    with auto_map, the remote code (configuration_deepseek.py, modeling_deepseek.py), model.safetensors
+    (written directly, as a 4.x checkpoint: 5.x save_pretrained fails on the remote code's list-valued
+    _tied_weights_keys) and a word-level tokenizer over the words of ``texts``. Returns the dir."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    words = {w for t in texts for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(t)}  # as the tokenizer splits
+    tok = word_tokenizer(sorted(words))
+    config_json = deepseek_moe_config(len(tok), rope_scaling)
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == tuple(
+        config_json[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id"))
+    torch.manual_seed(seed)
+    model = deepseek_moe_model(config_json)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                # unit gain (std 1/sqrt(fan-in)), not 0.02: attention then matters, so a wrong RoPE shows
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / module.in_features**0.5)
+            if type(module).__name__ == "MoEGate":  # widened as build() widens routers (ROUTERS.md pitfall 7)
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 2 / H**0.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors",
+              metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config_json, indent=2))
+    for name in ("configuration_deepseek.py", "modeling_deepseek.py"):
+        shutil.copy(DEEPSEEK_MOE_CODE / name, path / name)
+    tok.save_pretrained(path)
+    return path
 
 
 def word_tokenizer(words: list[str]):

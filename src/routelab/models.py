@@ -1,22 +1,27 @@
 """Loading a model from a spec: a Hub id or a local directory, with its router adapter.
 
 The same loader serves real checkpoints and the testbed (saved with save_pretrained).
+Remote code written for transformers 4.x (DeepSeekMoE-16B) gets the fixes of
+routelab.remote_code, so that it loads and computes what it computed on 4.x; a family whose
+remote code has no working KV cache (adapter ``kv_cache=False``) is loaded with
+``config.use_cache = False``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from routelab.adapters import RouterAdapter, adapter_for_config
-from routelab.adapters.deepseek_moe import install_compat
 from routelab.config import section
 from routelab.errors import RoutelabError
+from routelab.remote_code import install_import_shims, is_remote_code, refill_constructor_buffers, restore_legacy_rope
 from routelab.routing import find_routers
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,12 +67,14 @@ class LoadedModel:
     num_experts: int
     top_k: int
     moe_layers: list[int] = field(default_factory=list)
+    load_fixes: list[str] = field(default_factory=list)  # what loading patched (remote code only; routelab.remote_code)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def describe(self) -> dict[str, Any]:
+        fixes = {"load_fixes": self.load_fixes} if self.load_fixes else {}  # native models: no key, as before
         return {
             "model": self.spec.path,
             "family": self.adapter.family,
@@ -77,6 +84,7 @@ class LoadedModel:
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__,
+            **fixes,
         }
 
 
@@ -99,6 +107,8 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if spec.revision:
         kwargs["revision"] = spec.revision
+    if spec.trust_remote_code:
+        install_import_shims()  # before any remote .py file is imported (routelab.remote_code)
     try:
         config = AutoConfig.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as exc:  # ValueError: remote code without trust_remote_code
@@ -107,15 +117,27 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
             "(remote-code models such as DeepSeekMoE need trust_remote_code: true)"
         ) from None
     adapter = adapter_for_config(config)  # unknown architecture → clear error, before loading weights
-    model_kwargs = dict(kwargs, dtype=spec.resolved_dtype())
-    if adapter.family == "DeepSeekMoE":
-        install_compat()
-        model_kwargs["use_cache"] = False
+    fixes: list[str] = []  # what loading patched, kept in LoadedModel.load_fixes
+    if is_remote_code(config):
+        written, _ = PretrainedConfig.get_config_dict(spec.path, revision=spec.revision)  # config.json as on disk
+        rope = restore_legacy_rope(config, written)
+        fixes += [rope] if rope else []
+    if not adapter.kv_cache:
+        # On the config, not as a from_pretrained keyword: next to config= that keyword would go
+        # to the model's __init__.
+        config.use_cache = False
+        fixes.append("config.use_cache = False (legacy KV cache API; decoding recomputes the prefix)")
+    model_kwargs = dict(kwargs, config=config, dtype=spec.resolved_dtype())
     if spec.device_map:
         model_kwargs["device_map"] = spec.device_map
     model = AutoModelForCausalLM.from_pretrained(spec.path, **model_kwargs)
     if not spec.device_map:
         model = model.to(spec.resolved_device())
+    if is_remote_code(model):
+        refilled = Counter(name.rsplit(".", 1)[-1] for name in refill_constructor_buffers(model))
+        if refilled:
+            which = ", ".join(f"{name} ×{n}" for name, n in refilled.items())
+            fixes.append(f"recomputed non-persistent buffers that loading left uninitialised: {which}")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     if tokenizer.pad_token_id is None:
@@ -127,7 +149,7 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     tokenizer.padding_side = "right"
     routers = find_routers(model, adapter)
     num_experts, top_k = adapter.sizes(model.config)
-    return LoadedModel(model, tokenizer, adapter, spec, num_experts, top_k, list(routers))
+    return LoadedModel(model, tokenizer, adapter, spec, num_experts, top_k, list(routers), fixes)
 
 
 def model_spec(params: dict[str, Any], name: str) -> ModelSpec:

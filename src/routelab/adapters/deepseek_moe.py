@@ -6,18 +6,15 @@ hook's input and re-runs the gate's rule: softmax → top-k (unsorted) → renor
 top_k > 1 and norm_topk_prob (+1e-20, as the remote code). Two shared experts sit beside the
 routed ones and are never edited.
 
-Loading on transformers 5.x: the remote code imports ``is_torch_fx_available`` (removed in
-5.x) and uses legacy cache methods. ``install_compat()`` puts the import back (it always
-returned False for the model's purpose) and routelab loads the model with ``use_cache=False``
-(the pipeline scores whole sequences and never needs the KV cache for this family). If the
-remote code breaks further, pin ``transformers==4.57.6`` in a separate environment for this
-model: the adapter also works there, because the remote gate is identical.
+Loading on transformers 5.x: the remote code was written for 4.x. routelab.remote_code makes it
+load and compute correctly (removed import put back, ``rope_scaling`` as config.json wrote it,
+RoPE buffers recomputed). Its legacy KV-cache calls are gone in 5.x, so ``kv_cache=False``:
+load_model sets ``config.use_cache = False`` and routelab.generation decodes by recomputing
+the whole prefix at every step (same tokens, O(T²) tokens of forward work instead of O(T)).
 """
 
 import torch
 import torch.nn.functional as F
-import transformers.utils as tu
-import transformers.utils.import_utils as iu
 
 from routelab.adapters.base import RouterAdapter
 
@@ -32,13 +29,6 @@ def deepseek_moe_rule(gate, logits):
     return weights, index
 
 
-def install_compat() -> None:
-    """Make the remote code importable on transformers 5.x (see the module docstring)."""
-    for mod in (iu, tu):
-        if not hasattr(mod, "is_torch_fx_available"):
-            mod.is_torch_fx_available = lambda: False
-
-
 ADAPTER = RouterAdapter(
     family="DeepSeekMoE",
     architectures=("DeepseekForCausalLM",),
@@ -51,5 +41,6 @@ ADAPTER = RouterAdapter(
     router_returns_logits=False,
     router_input_3d=True,
     routes_in_model_dtype=True,
-    notes="remote code; logits recomputed; load with trust_remote_code=True, use_cache=False",
+    kv_cache=False,  # the remote code calls the legacy cache API, removed in transformers 5.x
+    notes="remote code (trust_remote_code=True); logits recomputed; decoded without KV cache",
 )
