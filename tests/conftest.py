@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))  # tiny_models, deepseek_moe_local
+sys.path.insert(0, str(HERE))  # tiny_models, remote_code/deepseek_moe
 
 ROOT = HERE.parent
 SHARED = ROOT.parent / "shared"

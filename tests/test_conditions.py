@@ -31,6 +31,7 @@ def _bias(cond, layer):
 
 def test_arr_is_minus_lambda_phi_on_the_chosen_layers(ctx):
     c = C.build("arr", ctx, lam=2.0)
+    assert c.name == "arr_2" and C.build("arr", ctx, lam=0.25).name == "arr_0p25"  # no dots: metrics keys
     phi2 = ctx.profile.filter(pl.col("layer") == 2)["phi"].to_numpy()
     assert list(c.edit.layers) == [2] and np.allclose(_bias(c, 2), -2.0 * phi2)
     probe = C.build("arr_layer", ctx, lam=1.0, layer=1)
@@ -52,7 +53,7 @@ def test_masks_follow_the_phi_ranking_with_ard_ties(ctx):
     assert sorted((l, e) for l, le in bottom.edit.layers.items() for e in le.masked) == sorted(
         lowest.select("layer", "expert").iter_rows())
     r0, r1 = C.build("mask_random", ctx, n=4, draw=0), C.build("mask_random", ctx, n=4, draw=1)
-    assert r0.group == r1.group == "mask_random(n=4)" and r0.name != r1.name
+    assert r0.group == r1.group == "mask_random" and (r0.name, r1.name) == ("mask_random_0", "mask_random_1")
     assert sum(len(le.masked) for le in r0.edit.layers.values()) == 4
     assert C.build("mask_random", ctx, n=4, draw=0).edit.layers.keys() == r0.edit.layers.keys()  # seeded
 

@@ -1,4 +1,4 @@
-"""routelab.steermoe: pair builders, span → tokens, Δ through routelab.counting, A+/A−."""
+"""routelab.steer: pair builders, span → tokens, Δ through routelab.counting, A+/A−."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tiny_models
 from routelab.config import section
 from routelab.errors import RoutelabError
 from routelab.prompts import PromptsParams, build_prompts
-from routelab.steermoe import (
+from routelab.steer import (
     BEHAVIOURS,
     SteerParams,
     build_pairs,

@@ -1,22 +1,30 @@
-"""FARE Stage 3 decisions: AALS layer selection (Eq. 5) and the Pareto-constrained λ* (Eq. 7).
+"""AALS: Architecture-Aware Layer Selection (FARE Eq. 5, docs/method.md §3); stage `aals`.
 
-Pure functions on small tables (docs/method.md §3), used by the `aals` and `arr_sweep` stages:
+Each MoE layer is probed alone with ARR at λ_probe on the VALIDATION split; its
+fairness-efficiency ratio R(l) = Δbias(l) / (|ΔPPL(l)| + ε) ranks it, and the layers above the
+q-th percentile of R are the ones ARR edits afterwards:
 
     delta_bias = bias_reduction(pref_base, pref_layer)          # toward parity 0.5
     R = aals_ratio(delta_bias, ppl_layer - ppl_base)            # Eq. 5, ε = 1e-6
     layers = select_layers({l: R_l, ...}, quantile=0.75)        # R(l) above the 75th percentile
-    lam, why = pareto_lambda(points, ppl_base, beta=1.0)        # Eq. 7 over the λ grid
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pathlib import Path
+
+from routelab.benchmarks import get_benchmark
+from routelab.conditions import build
+from routelab.config import check_choice
 from routelab.errors import RoutelabError
+from routelab.interventions import comparison_records, run_and_compare
+from routelab.statistics import Comparison
 
 AALS_EPS = 1e-6  # ε of Eq. 5
 PARITY = 0.5  # the ideal CrowS-Pairs preference
@@ -55,32 +63,83 @@ def select_layers(ratios: Mapping[int, float], quantile: float) -> list[int]:
     return chosen or [layers[int(np.argmax(r))]]
 
 
-@dataclass(frozen=True)
-class SweepPoint:
-    """One λ of the sweep: its CrowS preference and perplexity (validation split)."""
-
-    lam: float
-    pref: float
-    ppl: float
 
 
-def pareto_lambda(
-    points: Sequence[SweepPoint], ppl_base: float, beta: float, target: float = PARITY
-) -> tuple[float, str]:
-    """λ* = argmin_λ |pref(λ) − target| s.t. PPL(λ) ≤ (1 + β)·PPL_base (FARE Eq. 7).
+@dataclass
+class AalsParams:
+    """The ``aals:`` section of params.yaml."""
 
-    ``points`` must include λ = 0 (the baseline, always feasible). Ties in |pref − target|
-    go to the smaller λ (the gentler edit). Returns (λ*, a one-line reason).
+    lambda_probe: float = 1.0  # λ of every one-layer probe (FARE: 1.0)
+    quantile: float = 0.75  # layers with R(l) above this quantile of all R are selected (FARE: 0.75)
+    guard: str = "none"  # none: the paper's R(l) | significant: R(l) = 0 where Δbias is not significant
+    bias: str = "crows_pairs"  # benchmark whose preference is the bias (metric pct_stereotype)
+    utility: str = "perplexity"  # benchmark whose perplexity is the cost (metric ppl)
+
+    def __post_init__(self) -> None:
+        check_choice("aals.guard", self.guard, GUARDS)
+        if not (math.isfinite(self.lambda_probe) and self.lambda_probe > 0):
+            raise RoutelabError(f"aals.lambda_probe must be a finite number > 0, found {self.lambda_probe}")
+        if not 0 <= self.quantile < 1:
+            raise RoutelabError(f"aals.quantile must be in [0, 1), found {self.quantile}")
+        if "pct_stereotype" not in get_benchmark(self.bias).metrics:
+            raise RoutelabError(f"aals.bias = {self.bias}: needs a benchmark with a pct_stereotype metric (crows_pairs)")
+        if "ppl" not in get_benchmark(self.utility).metrics:
+            raise RoutelabError(f"aals.utility = {self.utility}: needs a benchmark with a ppl metric (perplexity)")
+
+
+GUARDS = ("none", "significant")
+
+
+def layer_table(
+    comparisons: Sequence[Comparison], layers: Sequence[int], cfg: AalsParams, alpha: float
+) -> dict[int, dict[str, Any]]:
+    """Per probed layer: preference and perplexity under the probe, Δbias, ΔPPL, R(l), p, p_BH.
+
+    ``comparisons``: the probes' comparisons with the baseline (conditions ``layer_<l>``;
+    metrics ``<bias>.pct_stereotype`` and ``<utility>.ppl``). With ``guard: significant`` a
+    layer whose preference change is not significant after BH (p_bh ≥ alpha) gets R = 0: the
+    paper's R(l) divides by |ΔPPL| + 1e-6 and explodes on a layer whose edit changes nothing
+    measurable but flips a pair or two (tests/test_aals.py shows it).
     """
-    if beta < 0 or not math.isfinite(beta):
-        raise RoutelabError(f"arr.beta must be a finite number >= 0 (the allowed PPL increase), found {beta}")
-    if not any(p.lam == 0 for p in points):
-        raise RoutelabError("pareto_lambda: the sweep must include λ = 0 (the baseline)")
-    budget = (1 + beta) * ppl_base
-    feasible = [p for p in points if p.ppl <= budget]
-    best = min(feasible, key=lambda p: (abs(p.pref - target), p.lam))
-    dropped = sorted(p.lam for p in points if p.ppl > budget)
-    why = f"|pref − {target}| = {abs(best.pref - target):.4f} at λ = {best.lam:g}; PPL budget {budget:.4f}"
-    if dropped:
-        why += f"; λ over budget: {', '.join(f'{x:g}' for x in dropped)}"
-    return best.lam, why
+    by = {(c.condition, c.benchmark, c.metric): c for c in comparisons}
+    out = {}
+    for layer in layers:
+        bias = by[(f"layer_{layer}", cfg.bias, "pct_stereotype")]
+        ppl = by[(f"layer_{layer}", cfg.utility, "ppl")]
+        d_bias = bias_reduction(bias.before, bias.after)
+        r = aals_ratio(d_bias, ppl.after - ppl.before)
+        guarded = cfg.guard == "significant" and not (bias.p_bh is not None and bias.p_bh < alpha)
+        out[layer] = {
+            "pct_stereotype": bias.after, "ppl": ppl.after, "delta_bias": d_bias,
+            "delta_ppl": ppl.after - ppl.before, "R": 0.0 if guarded else r, "R_unguarded": r,
+            "p": bias.p, "p_bh": bias.p_bh,
+        }  # fmt: skip
+    return out
+
+
+def conditions(inputs: Any, cfg: AalsParams) -> list:
+    """One ARR probe per MoE layer at λ_probe (built before any model is loaded)."""
+    ctx = inputs.context(inputs.moe_layers, inputs.stats.seed)
+    return [build("arr_layer", ctx, lam=cfg.lambda_probe, layer=layer) for layer in inputs.moe_layers]
+
+
+def run(lm: Any, conds: list, inputs: Any, cfg: AalsParams, suite: Any, out_dir: str | Path) -> dict[str, Any]:
+    """The `aals` stage's work: probe every MoE layer, rank by R(l), select (metrics dict)."""
+    layers = inputs.moe_layers
+    _, comps = run_and_compare(lm, conds, suite, inputs.stats, out_dir=out_dir, label="aals",
+                               metrics={cfg.bias: ["pct_stereotype"], cfg.utility: ["ppl"]})  # fmt: skip
+    table = layer_table(comps, layers, cfg, inputs.stats.alpha)
+    selected = select_layers({layer: t["R"] for layer, t in table.items()}, cfg.quantile)
+    base_bias = next(c for c in comps if c.metric == "pct_stereotype")
+    base_ppl = next(c for c in comps if c.metric == "ppl")
+    ranked = sorted(layers, key=lambda layer: -table[layer]["R"])
+    return {
+        "selected": selected,
+        "ranking": ranked,
+        "split": suite.split,
+        "base": {"pct_stereotype": base_bias.before, "ppl": base_ppl.before},
+        "layers": {str(layer): t for layer, t in table.items()},
+        "settings": {"lambda_probe": cfg.lambda_probe, "quantile": cfg.quantile, "guard": cfg.guard,
+                     "bias": cfg.bias, "utility": cfg.utility},
+        "comparisons": comparison_records(comps),
+    }  # fmt: skip

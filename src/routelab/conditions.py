@@ -44,7 +44,7 @@ from routelab.tables import load_profile, load_selection
 class Condition:
     """One evaluated condition: a label, its routing edit and/or prompt prefix, its settings."""
 
-    name: str  # unique label, e.g. "arr(λ=1,L=[1,2])", "mask_top(n=4)", "random_phi#2"
+    name: str  # unique, short, no dots (a metrics key): "arr_0p5", "layer_2", "mask_top", "random_phi_3"
     kind: str  # the registry key that built it
     edit: RoutingEdit | None = None  # None: routing untouched
     prefix: str = ""  # text put before every context (prompt debiasing)
@@ -104,7 +104,8 @@ def _experts(df: pl.DataFrame) -> dict[int, list[int]]:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    """A number in a name without dots (dots separate `dvc metrics` keys): 0.25 → 0p25."""
+    return f"{x:g}".replace(".", "p").replace("-", "m")
 
 
 # --- builders: (ctx, **settings) -> Condition -----------------------------------------------
@@ -117,12 +118,12 @@ def baseline(ctx: ConditionContext) -> Condition:
 def arr(ctx: ConditionContext, lam: float, layers: list[int] | None = None) -> Condition:
     layers = list(ctx.layers if layers is None else layers)
     edit = _arr_from(ctx, ctx.profile, lam, layers)
-    return Condition(f"arr(λ={_fmt(lam)},L={layers})", "arr", edit, settings={"lambda": lam, "layers": layers})
+    return Condition(f"arr_{_fmt(lam)}", "arr", edit, settings={"lambda": lam, "layers": layers})
 
 
 def arr_layer(ctx: ConditionContext, lam: float, layer: int) -> Condition:
     edit = _arr_from(ctx, ctx.profile, lam, [layer])
-    return Condition(f"arr_layer(λ={_fmt(lam)},L={layer})", "arr_layer", edit, settings={"lambda": lam, "layer": layer})
+    return Condition(f"layer_{layer}", "arr_layer", edit, settings={"lambda": lam, "layer": layer})
 
 
 def _check_n(ctx: ConditionContext, n: int, key: str) -> None:
@@ -146,21 +147,21 @@ def _mask(ctx: ConditionContext, chosen: pl.DataFrame, name: str, kind: str, set
 def mask_top(ctx: ConditionContext, n: int) -> Condition:
     _check_n(ctx, n, "masking.n")
     ranked = ctx.phi_table(sorted(set(ctx.profile["layer"].to_list())))
-    return _mask(ctx, ranked.head(n), f"mask_top(n={n})", "mask_top", {"n": n})
+    return _mask(ctx, ranked.head(n), "mask_top", "mask_top", {"n": n})
 
 
 def mask_bottom(ctx: ConditionContext, n: int) -> Condition:
     _check_n(ctx, n, "masking.n")
     ranked = ctx.phi_table(sorted(set(ctx.profile["layer"].to_list())))
-    return _mask(ctx, ranked.tail(n), f"mask_bottom(n={n})", "mask_bottom", {"n": n})
+    return _mask(ctx, ranked.tail(n), "mask_bottom", "mask_bottom", {"n": n})
 
 
 def mask_random(ctx: ConditionContext, n: int, draw: int) -> Condition:
     _check_n(ctx, n, "masking.n")
     rows = ctx.profile.sort("layer", "expert")
     pick = ctx.rng(1, draw).choice(rows.height, size=n, replace=False)
-    return _mask(ctx, rows[sorted(pick.tolist())], f"mask_random(n={n})#{draw}", "mask_random",
-                 {"n": n, "draw": draw}, group=f"mask_random(n={n})")  # fmt: skip
+    return _mask(ctx, rows[sorted(pick.tolist())], f"mask_random_{draw}", "mask_random",
+                 {"n": n, "draw": draw}, group="mask_random")  # fmt: skip
 
 
 def flatten(ctx: ConditionContext, lam: float = 1.0) -> Condition:
@@ -174,7 +175,7 @@ def random_phi(ctx: ConditionContext, draw: int, lam: float = 1.0) -> Condition:
     rng = ctx.rng(2, draw)
     shuffled = np.stack([row[rng.permutation(row.size)] for row in phi])  # (L_edit, K) within-layer shuffle
     edit = _arr_from(ctx, _with_phi(ctx, shuffled.ravel()), lam, ctx.layers)
-    return Condition(f"random_phi#{draw}", "random_phi", edit, group="random_phi",
+    return Condition(f"random_phi_{draw}", "random_phi", edit, group="random_phi",
                      settings={"lambda": lam, "layers": ctx.layers, "draw": draw})  # fmt: skip
 
 
@@ -189,7 +190,7 @@ def power(ctx: ConditionContext, alpha: float, lam: float = 1.0) -> Condition:
         raise RoutelabError(f"ablation.powers: α must be > 0, found {alpha}")
     phi = _phi_array(ctx)
     edit = _arr_from(ctx, _with_phi(ctx, (np.clip(phi, 0, None) ** alpha).ravel()), lam, ctx.layers)
-    return Condition(f"power(α={_fmt(alpha)})", "power", edit, settings={"lambda": lam, "alpha": alpha, "layers": ctx.layers})
+    return Condition(f"power_{_fmt(alpha)}", "power", edit, settings={"lambda": lam, "alpha": alpha, "layers": ctx.layers})
 
 
 def top_k_profile(ctx: ConditionContext, k: int, lam: float = 1.0) -> Condition:
@@ -202,7 +203,7 @@ def top_k_profile(ctx: ConditionContext, k: int, lam: float = 1.0) -> Condition:
         .with_columns(phi=pl.when(pl.col("keep")).then(pl.col("phi")).otherwise(0.0))
     )  # fmt: skip
     edit = _arr_from(ctx, phi, lam, ctx.layers)
-    return Condition(f"top_k_profile(k={k})", "top_k_profile", edit,
+    return Condition(f"top_{int(k)}", "top_k_profile", edit,
                      settings={"lambda": lam, "k": int(k), "k_used": k_eff, "layers": ctx.layers})  # fmt: skip
 
 
@@ -221,7 +222,7 @@ def selection(ctx: ConditionContext, table: pl.DataFrame | str, lam: float, labe
         raise RoutelabError(f"{label}: the selection is empty (no expert selected): relax safex.alpha or safex.n_resamples")
     phi, layers = _selection_phi(ctx, chosen)
     edit = _arr_from(ctx, phi, lam, layers)
-    return Condition(f"{label}(λ={_fmt(lam)})", "selection", edit,
+    return Condition(label, "selection", edit,
                      settings={"lambda": lam, "n_selected": chosen.height, "experts": _experts(chosen)})  # fmt: skip
 
 
@@ -231,7 +232,7 @@ def random_selection(ctx: ConditionContext, n: int, lam: float, draw: int) -> Co
     pick = rows[sorted(ctx.rng(3, draw).choice(rows.height, size=n, replace=False).tolist())]
     phi, layers = _selection_phi(ctx, pick)
     edit = _arr_from(ctx, phi, lam, layers)
-    return Condition(f"random_selection(n={n})#{draw}", "random_selection", edit, group=f"random_selection(n={n})",
+    return Condition(f"random_selection_{draw}", "random_selection", edit, group="random_selection",
                      settings={"lambda": lam, "n": n, "draw": draw, "experts": _experts(pick)})  # fmt: skip
 
 

@@ -325,3 +325,22 @@ def with_bh(comparisons: Sequence[Comparison], alpha: float = 0.05) -> list[Comp
         return []
     adj = benjamini_hochberg([c.p for c in comparisons], alpha=alpha)
     return [replace(c, p_bh=q) for c, q in zip(comparisons, adj.adjusted)]
+
+
+@dataclass
+class StatsParams:
+    """The ``statistics:`` section of params.yaml: every before/after test of the intervention stages."""
+
+    n_permutations: int = N_PERMUTATIONS  # paired permutation test resamples (docs/method.md §9: 10,000)
+    n_bootstrap: int = N_BOOTSTRAP  # bootstrap resamples of the CI of Δ (1,000)
+    alpha: float = 0.05  # significance level after Benjamini–Hochberg
+    seed: int = 0  # permutation and bootstrap RNG
+
+    def __post_init__(self) -> None:
+        if self.n_permutations < 1 or self.n_bootstrap < 1:
+            raise RoutelabError(
+                f"statistics.n_permutations and statistics.n_bootstrap must be >= 1, found "
+                f"{self.n_permutations}, {self.n_bootstrap}"
+            )
+        if not 0 < self.alpha < 1:
+            raise RoutelabError(f"statistics.alpha must be in (0, 1), found {self.alpha}")

@@ -2,14 +2,14 @@
 
 End to end (the params section is ``steer:``, see SteerParams)::
 
-    from routelab import steermoe
-    items = steermoe.builtin_items("faithfulness")            # or steermoe.load_items(path, ...)
-    pairs = steermoe.build_pairs("faithfulness", items)       # pair_id, side, prompt_id, text, span
-    pairs = steermoe.token_spans(pairs, tokenizer)            # + tok_start, tok_end
+    from routelab import steer
+    items = steer.builtin_items("faithfulness")            # or steer.load_items(path, ...)
+    pairs = steer.build_pairs("faithfulness", items)       # pair_id, side, prompt_id, text, span
+    pairs = steer.token_spans(pairs, tokenizer)            # + tok_start, tok_end
     # ... extraction writes a routing log for pairs.select("prompt_id", "text") ...
-    delta = steermoe.steer_delta(routing_path, pairs)         # Δ per (layer, expert)
-    profile = steermoe.select_experts(delta, n_plus=0, n_minus=10, top_k=k, num_experts=K)
-    steermoe.write_steering_profile(profile, "data/steer/olmoe_faithfulness.parquet", provenance)
+    delta = steer.steer_delta(routing_path, pairs)         # Δ per (layer, expert)
+    profile = steer.select_experts(delta, n_plus=0, n_minus=10, top_k=k, num_experts=K)
+    steer.write_steering_profile(profile, "data/steer/olmoe_faithfulness.parquet", provenance)
 
 Paired inputs (x1, x2) differ only in the behaviour; side 1 shows it, side 2 does not:
   fairness      x1 = demographic prompt, x2 = its neutral prompt; counted tokens: the words
@@ -46,8 +46,11 @@ import pyarrow.parquet as pq
 
 from routelab.config import check_choice
 from routelab.counting import prompt_counts
+from routelab.conditions import build
+from routelab.extract import extract_routing
+from routelab.interventions import comparison_records, headline_table, run_and_compare
 from routelab.errors import RoutelabError
-from routelab.io import atomic_path
+from routelab.io import atomic_path, write_parquet
 from routelab.tables import NEUTRAL, load_prompts
 
 BEHAVIOURS = ("fairness", "faithfulness", "safety")
@@ -83,10 +86,12 @@ class SteerParams:
     include_descriptor: bool = False  # fairness: also count the descriptor tokens (side 1)
     n_plus: int = 0  # experts to activate (top |Δ| with Δ > 0; at most top-k per layer)
     n_minus: int = 10  # experts to deactivate (top |Δ| with Δ < 0; ≥ k stay enabled)
-    reverse: bool = False  # flip Δ: steer AGAINST the behaviour (research use only)
+    reverse: bool = False  # flip Δ: steer AGAINST the behaviour (fairness: deactivate what demographic tokens favour)
+    split: str = "validation"  # fairness: prompts the pairs come from (detection never sees the test split)
 
     def __post_init__(self) -> None:
         check_choice("steer.behaviour", self.behaviour, BEHAVIOURS)
+        check_choice("steer.split", self.split, ("validation", "test", "all"))
         if self.n_plus < 0 or self.n_minus < 0:
             raise RoutelabError(f"steer.n_plus and steer.n_minus must be >= 0, found {self.n_plus}, {self.n_minus}")
 
@@ -307,7 +312,7 @@ def steer_delta(routing_path: str | Path, pairs: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in ("prompt_id", "side", *TARGET_SPAN) if c not in pairs.columns]
     if missing:
         raise RoutelabError(
-            f"pairs table lacks columns {missing}: add the target token spans with routelab.steermoe.token_spans"
+            f"pairs table lacks columns {missing}: add the target token spans with routelab.steer.token_spans"
         )
     side = pairs["side"].cast(pl.Int64).to_numpy()  # (P,)
     if not np.isin(side, (1, 2)).all():
@@ -363,12 +368,12 @@ def select_experts(
     for c in ("layer", "expert", "delta"):
         if c not in delta.columns:
             raise RoutelabError(
-                f"select_experts: Δ table lacks column '{c}' (make it with routelab.steermoe.steer_delta)"
+                f"select_experts: Δ table lacks column '{c}' (make it with routelab.steer.steer_delta)"
             )
     d = delta.select("layer", "expert", "delta")
     if d["delta"].null_count() or not np.isfinite(d["delta"].to_numpy()).all():
         raise RoutelabError(
-            "select_experts: Δ holds NaN or null values; recompute it with routelab.steermoe.steer_delta"
+            "select_experts: Δ holds NaN or null values; recompute it with routelab.steer.steer_delta"
         )
     if reverse:
         d = d.with_columns(-pl.col("delta"))
@@ -423,6 +428,66 @@ def read_steering_provenance(path: str | Path) -> dict[str, Any]:
     md = pq.read_schema(path).metadata or {}
     if STEER_META_KEY not in md:
         raise RoutelabError(
-            f"{path} carries no steering provenance: not written by routelab.steermoe.write_steering_profile"
+            f"{path} carries no steering provenance: not written by routelab.steer.write_steering_profile"
         )
     return json.loads(md[STEER_META_KEY])
+
+
+# --------------------------------------------------------------------------------------
+# The `steer` stage: detect on pairs, select A+/A−, evaluate the steering as a condition
+# --------------------------------------------------------------------------------------
+
+
+def stage_pairs(cfg: SteerParams, prompts: str | Path | None) -> pl.DataFrame:
+    """The pairs the stage detects on: fairness from the prompt set, else built-in or user items."""
+    if cfg.behaviour == "fairness" and cfg.pairs is None:
+        if prompts is None:
+            raise RoutelabError("steer.behaviour fairness needs the prompt set (--prompts) or a pairs file (steer.pairs)")
+        items = fairness_items_from_prompts(prompts, cfg.split)
+    elif cfg.pairs is not None:
+        items = load_items(cfg.pairs, cfg.behaviour)
+    else:
+        items = builtin_items(cfg.behaviour)
+    return build_pairs(cfg.behaviour, items, include_descriptor=cfg.include_descriptor)
+
+
+def detect(lm: Any, pairs: pl.DataFrame, cfg: SteerParams, routing_path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Extract the pairs' routing to ``routing_path``, then Δ per (layer, expert) and the A+/A− selection."""
+    spans = token_spans(pairs, lm.tokenizer)
+    extract_routing(lm, list(zip(spans["prompt_id"], spans["text"])), routing_path, batch_size=lm.spec.batch_size,
+                    model_name=lm.spec.path, progress=True)  # fmt: skip
+    delta = steer_delta(routing_path, spans)
+    selection = select_experts(delta, cfg.n_plus, cfg.n_minus, lm.top_k, lm.num_experts, reverse=cfg.reverse)
+    return delta, selection
+
+
+def provenance(cfg: SteerParams, model: str, n_pairs: int) -> dict[str, Any]:
+    """What produced a steering profile (stored with it: profiles can lower safety as well as raise it)."""
+    return {"behaviour": cfg.behaviour, "pairs": cfg.pairs or ("prompt set" if cfg.behaviour == "fairness" else "built-in"),
+            "n_pairs": n_pairs, "n_plus": cfg.n_plus, "n_minus": cfg.n_minus, "reverse": cfg.reverse,
+            "include_descriptor": cfg.include_descriptor, "model": model}  # fmt: skip
+
+
+def run(lm: Any, inputs: Any, cfg: SteerParams, pairs: pl.DataFrame, suite: Any, out_dir: str | Path) -> dict[str, Any]:
+    """The `steer` stage's work: detect, write Δ and the steering profile, evaluate it (metrics dict)."""
+    out = Path(out_dir)
+    delta, selection = detect(lm, pairs, cfg, out / "pairs_routing.parquet")
+    write_parquet(delta, out / "delta.parquet")
+    prov = provenance(cfg, inputs.model, pairs.height // 2)
+    write_steering_profile(selection, out / "steering.parquet", prov)
+    cond = build("steer", inputs.context(inputs.moe_layers, inputs.stats.seed), table=selection)
+    _, comps = run_and_compare(lm, [cond], suite, inputs.stats, out_dir=out, label="steer")
+    top = delta.sort("abs_delta", descending=True).head(10)
+    chosen = {a: [f"L{l}/E{e}" for l, e in selection.filter(pl.col("action") == a).select("layer", "expert").iter_rows()]
+              for a in ("activate", "deactivate")}  # fmt: skip
+    return {
+        "behaviour": cfg.behaviour,
+        "n_pairs": pairs.height // 2,
+        "selected": chosen,
+        "top_delta": [{"layer": int(l), "expert": int(e), "delta": float(d)}
+                      for l, e, d in top.select("layer", "expert", "delta").iter_rows()],  # fmt: skip
+        "provenance": prov,
+        "split": suite.split,
+        "results": headline_table(comps),
+        "comparisons": comparison_records(comps),
+    }
