@@ -121,7 +121,7 @@ write_parquet(prof, sys.argv[3])
 t = time.perf_counter() - t0
 print(json.dumps({"seconds": t, "import_seconds": t_import, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "top_phi": [d["top_phi_layer"], d["top_phi_expert"]], "gini": d["gini_f"], "rho": d["spearman_rho_phi_f"],
-                  "perm": d["permutation"], "rows_profile": prof.height,
+                  "perm": d["routing_shift"]["with_descriptor"], "rows_profile": prof.height,
                   "top_layer5": prof.filter(prof["layer"] == 5).sort("phi", descending=True)["expert"].head(5).to_list()}))
 """
 

@@ -48,5 +48,5 @@ def test_the_benchmark_scorer_agrees_on_both_splits(model, lo, hi):
 
 
 def test_routing_shift_beats_the_permutation_null_on_the_testbed():
-    perm = _read("testbed", "profile")["permutation"]
+    perm = _read("testbed", "profile")["routing_shift"]["with_descriptor"]
     assert perm["p_value"] < 0.01 and perm["shift_jsd"] > perm["null_mean"]

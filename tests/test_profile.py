@@ -1,4 +1,5 @@
-"""routelab.profile: metric kernels on hand-computed tables, a planted expert, checks."""
+"""routelab.profile: metric kernels on hand-computed tables, a planted expert, the context-matched
+baseline by hand, both routing-shift tests, the designated experts, checks."""
 
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ from routelab.profile import (
     js_terms,
     jsd,
     minmax_per_layer,
-    permutation_test,
     phi_score,
     pmi,
+    routing_shift_test,
 )
 from routelab.prompts import PromptsParams, build_prompts
 from routelab.tables import PROFILE_COLUMNS, load_profile, routing_schema as arrow_schema
@@ -218,6 +219,11 @@ def test_planted_expert_ranks_first(tmp_path, small_prompts, monkeypatch, batche
     n_hit = sum(len(t.split()) - t.split().index("female") for t in fem["text"])
     assert top_phi["ard"] == pytest.approx(0.5 * n_hit / n_tok)
     assert d["top_phi_layer"] == 2 and d["top_phi_expert"] == e_star
+    # the per-expert null (B = 50; its power is tested in test_profile_null.py, 4 contexts are
+    # too few): expert 7 is never used outside the plant, so no relabelling moves its ARD
+    # from 0 in layers 0 and 3: p = 1
+    assert profile.filter((pl.col("layer") != 2) & (pl.col("expert") == e_star))["ard_p"].to_list() == [1.0, 1.0]
+    assert d["ard_null"]["n_significant"] == profile["significant"].sum()
     assert d["expert_slots"] == 24 and d["n_groups"] == 2
     f = profile["f"].to_numpy()
     assert d["gini_f"] == pytest.approx(gini(f))
@@ -236,6 +242,100 @@ def test_exclude_descriptor_removes_a_descriptor_only_plant(tmp_path, small_prom
     ex, _, d = compute_profile(path, small_prompts, ProfileParams(split="all", exclude_descriptor=True, n_permutations=0))
     assert ex.filter((pl.col("layer") == 1) & (pl.col("expert") == 7))["ard"].item() == 0.0
     assert d["settings"]["exclude_descriptor"] is True
+
+
+def test_routing_shift_in_both_forms(tmp_path, small_prompts):
+    # the plant sits on the descriptor token only: excluding descriptors hides it completely
+    layers = [0, 1]
+    path = write_routing(
+        tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 1, 7, descriptor_only=True)
+    )
+    _, _, d = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=100))
+    shift = d["routing_shift"]
+    assert shift["with_descriptor"]["shift_jsd"] > shift["with_descriptor"]["null_mean"]
+    assert shift["without_descriptor"]["shift_jsd"] == 0.0 and shift["without_descriptor"]["p_value"] == 1.0
+    # reported the same way whatever exclude_descriptor says for φ
+    cfg_ex = ProfileParams(split="all", n_permutations=100, exclude_descriptor=True)
+    _, _, d_ex = compute_profile(path, small_prompts, cfg_ex)
+    assert d_ex["routing_shift"] == shift
+    assert (d["settings"]["exclude_descriptor"], d_ex["settings"]["exclude_descriptor"]) == (False, True)
+    # no descriptor spans: only the form with descriptors
+    _, _, d_no = compute_profile(path, small_prompts.drop(*DESCRIPTOR_SPAN), ProfileParams(split="all", n_permutations=0))
+    assert d_no["routing_shift"]["without_descriptor"] is None
+    assert d_no["routing_shift"]["with_descriptor"]["shift_jsd"] == shift["with_descriptor"]["shift_jsd"]
+
+
+def _hand_prompts_and_log(tmp_path):
+    """L = 1 (layer 0), K = 2, k = 1; each token of a prompt routes to the listed expert.
+
+    context c1: n1 [0,0,0,1], a1 [0,0], a2 [0,1]; c2: n2 [0,1,1,1], a3 [1,1], b1 [1,0];
+    c3: n3 [0,1], b2 [1,1,1]."""
+    routes = {
+        "n1": ("c1", "neutral", [0, 0, 0, 1]), "a1": ("c1", "a", [0, 0]), "a2": ("c1", "a", [0, 1]),
+        "n2": ("c2", "neutral", [0, 1, 1, 1]), "a3": ("c2", "a", [1, 1]), "b1": ("c2", "b", [1, 0]),
+        "n3": ("c3", "neutral", [0, 1]), "b2": ("c3", "b", [1, 1, 1]),
+    }  # fmt: skip
+    prompts = pl.DataFrame({
+        "prompt_id": list(routes), "text": ["x"] * len(routes),
+        "axis": [None if g == "neutral" else "gender" for _, g, _ in routes.values()],
+        "group": [g for _, g, _ in routes.values()], "context_id": [c for c, _, _ in routes.values()],
+        "split": ["validation"] * len(routes),
+    })  # fmt: skip
+    rows = [(pid, 0, pos, [e]) for pid, (_, _, es) in routes.items() for pos, e in enumerate(es)]
+    return prompts, write_routing(tmp_path / "hand.parquet", meta(2, 1, [0]), rows)
+
+
+def test_context_matched_baseline_by_hand(tmp_path):
+    prompts, path = _hand_prompts_and_log(tmp_path)
+    pooled, _, _ = compute_profile(path, prompts, ProfileParams(split="all", n_permutations=0))
+    cfg = ProfileParams(split="all", n_permutations=0, baseline="context_matched")
+    matched, _, d = compute_profile(path, prompts, cfg)
+    # a = [3, 3]/6, b = [1, 4]/5. Pooled neutral [5, 5]/10: ARD a 0, b .3 → mean .15.
+    assert pooled["ard"].to_list() == pytest.approx([0.15, 0.15])
+    # matched: a has 2 prompts in c1, 1 in c2 → 2·[3,1] + [1,3] = [7,5]/12; ARD a = |.5 − 7/12| = 1/12.
+    # b: once in c2, once in c3 → [1,3] + [1,1] = [2,4]/6; ARD b = |.2 − 1/3| = 2/15. Mean 13/120.
+    assert matched["ard"].to_list() == pytest.approx([13 / 120, 13 / 120])
+    assert matched["p_neutral"].to_list() == pooled["p_neutral"].to_list() == [0.5, 0.5]  # stays pooled
+    # JSD (decompose): the per-expert terms sum to the mean over groups of JSD(D_g ‖ D_base,g)
+    js_a = jensenshannon([0.5, 0.5], [7 / 12, 5 / 12], base=2) ** 2
+    js_b = jensenshannon([0.2, 0.8], [1 / 3, 2 / 3], base=2) ** 2
+    want = (js_a + js_b) / 2
+    assert matched["jsd"].sum() == pytest.approx(want)
+    # PMI, expert 0, α = .5, P(g) = N_g / N_all with N_all = 10 + 6 + 5 = 21
+    pmi_a = math.log2((3.5 / 7) / ((7.5 / 13) * 6 / 21))
+    pmi_b = math.log2((1.5 / 6) / ((2.5 / 7) * 5 / 21))
+    assert matched["pmi"][0] == pytest.approx((pmi_a + pmi_b) / 2)
+    assert d["settings"]["baseline"] == "context_matched"
+    # a context with a group but no neutral prompt: no matched baseline
+    moved = pl.when(pl.col("prompt_id") == "b2").then(pl.lit("c4")).otherwise("context_id")
+    orphan = prompts.with_columns(context_id=moved)
+    with pytest.raises(RoutelabError, match="profile.baseline: pooled"):
+        compute_profile(path, orphan, cfg)
+
+
+def test_designated_experts_ranked_and_boxed(tmp_path, small_prompts):
+    layers, e_star = [0, 2], 7
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, layers), planted_rows(small_prompts, layers, 2, e_star))
+    cfg = ProfileParams(split="all", n_permutations=50)
+    profile, _, d = compute_profile(path, small_prompts, cfg, designated={2: [e_star]})
+    rep = d["designated"]
+    assert rep["experts"]["L2_E7"]["rank"] == 1 and rep["all_top_ranked"] is True
+    assert rep["n_designated"] == 1
+    assert rep["n_significant"] + rep["n_significant_outside"] == d["ard_null"]["n_significant"]
+    _, _, plain = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=0))
+    assert "designated" not in plain  # no plant.json: nothing changes
+    png = plots.phi_heatmap(profile, tmp_path / "phi.png", designated={2: [e_star]})
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(RoutelabError, match=r"designated layers \[5\]"):
+        plots.phi_heatmap(profile, tmp_path / "bad.png", designated={5: [0]})
+
+
+def test_untested_profile_has_null_significance(tmp_path, small_prompts):
+    path = write_routing(tmp_path / "r.parquet", meta(8, 2, [0]), planted_rows(small_prompts, [0], 0, 7))
+    profile, _, d = compute_profile(path, small_prompts, ProfileParams(split="all", n_permutations=0))
+    for c in ("ard_p", "ard_p_bh", "significant"):
+        assert profile[c].null_count() == profile.height, c  # not tested ≠ not significant
+    assert d["ard_null"]["n_significant"] is None and d["routing_shift"]["with_descriptor"]["p_value"] is None
 
 
 def test_token_filters_counts(tmp_path, small_prompts):
@@ -261,7 +361,7 @@ def test_split_filter(tmp_path):
     assert d["n_prompts_neutral"] + d["n_prompts_demographic"] == val.height
 
 
-def test_permutation_test_detects_shift_and_not_noise():
+def test_routing_shift_test_detects_shift_and_not_noise():
     rng = np.random.default_rng(0)
     n_ctx, L, K = 40, 2, 4
     context = np.repeat(np.arange(n_ctx), 2)
@@ -269,10 +369,10 @@ def test_permutation_test_detects_shift_and_not_noise():
     base = rng.multinomial(10, np.full(K, 0.25), size=(2 * n_ctx, L))  # (P, L, K) noise
     shifted = base.copy()
     shifted[~neutral, :, 0] += 10  # demographic prompts use expert 0 much more
-    res = permutation_test(shifted, context, neutral, 200, seed=0)
+    res = routing_shift_test(shifted, context, neutral, 200, seed=0)
     assert res["p_value"] == pytest.approx(1 / 201)
     assert res["shift_jsd"] > res["null_mean"]
-    res0 = permutation_test(base, context, neutral, 200, seed=0)
+    res0 = routing_shift_test(base, context, neutral, 200, seed=0)
     assert res0["p_value"] > 0.05
     # observed statistic = mean over layers of JSD(pooled demographic ‖ pooled neutral)
     d_n = base[neutral].sum(0) / base[neutral].sum((0, 2))[:, None]
@@ -359,6 +459,10 @@ def test_params_section_nested_weights_and_choices():
         ProfileParams(aggregation="maen")
     with pytest.raises(RoutelabError, match="smoothing"):
         ProfileParams(smoothing=0.0)
+    with pytest.raises(RoutelabError, match="Did you mean 'context_matched'"):
+        ProfileParams(baseline="context_match")
+    with pytest.raises(RoutelabError, match="profile.alpha"):
+        ProfileParams(alpha=1.0)
     with pytest.raises(RoutelabError, match="unknown key 'entropie'"):
         section(ProfileParams, {"weights": {"entropie": 1.0}}, "profile")
 

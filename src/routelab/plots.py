@@ -4,6 +4,7 @@ Usage (what the `profile` stage calls)::
 
     from routelab import plots
     plots.phi_heatmap(profile, "plots/olmoe/phi_heatmap.png", title="OLMoE")
+    plots.phi_heatmap(profile, "plots/routed/phi_heatmap.png", designated={2: [5, 9]})  # boxed cells
     plots.jsd_by_axis(layer_axis, "plots/olmoe/jsd_by_axis.png")
     plots.routing_shift(profile, "plots/olmoe/routing_shift.png")   # FARE Figure 1
 """
@@ -18,6 +19,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from routelab.errors import RoutelabError  # noqa: E402
@@ -55,8 +57,18 @@ def _grid(profile: pl.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     return grid, layers
 
 
-def phi_heatmap(profile: pl.DataFrame, path: str | Path, title: str = "", column: str = "phi") -> Path:
-    """Layer x expert heatmap of φ (or another per-expert column)."""
+def phi_heatmap(
+    profile: pl.DataFrame,
+    path: str | Path,
+    title: str = "",
+    column: str = "phi",
+    designated: dict[int, list[int]] | None = None,
+) -> Path:
+    """Layer x expert heatmap of φ (or another per-expert column).
+
+    ``designated``: a planted testbed's designated experts ({layer: [expert, ...]},
+    routelab.profile_null.load_designated); each gets a red box, and the title says so.
+    """
     _need(profile, ("layer", "expert", column), "phi_heatmap")
     grid, layers = _grid(profile, column)  # (L, K)
     L, K = grid.shape
@@ -66,7 +78,18 @@ def phi_heatmap(profile: pl.DataFrame, path: str | Path, title: str = "", column
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
-    ax.set_title(f"{title} FSP sensitivity {column}(e, l)".strip())
+    heading = f"{title} FSP sensitivity {column}(e, l)".strip()
+    if designated:
+        row = {int(l): i for i, l in enumerate(layers)}
+        missing = sorted(set(designated) - set(row))
+        if missing:
+            raise RoutelabError(f"phi_heatmap: designated layers {missing} are not in the profile (layers {list(row)})")
+        box = dict(fill=False, edgecolor="red", linewidth=1.5)
+        for layer, experts in designated.items():
+            for e in experts:  # imshow cell (row, e) spans [e − ½, e + ½] × [row − ½, row + ½]
+                ax.add_patch(Rectangle((e - 0.5, row[layer] - 0.5), 1, 1, **box))
+        heading += "\nred boxes: the designated experts (plant.json)"
+    ax.set_title(heading)
     fig.colorbar(im, ax=ax, label=column)
     return _save(fig, path)
 
@@ -112,3 +135,76 @@ def routing_shift(profile: pl.DataFrame, path: str | Path, layer: int | None = N
     ax.set_title(f"{title} layer {layer}: routing under neutral vs demographic prompts".strip())
     ax.legend()
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# Intervention stages: each writes its PNG and the CSV that `dvc plots` draws
+# --------------------------------------------------------------------------------------
+
+
+def _write_csv(df: pl.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.write_csv(tmp)
+
+
+def aals_ratios(result: dict, out_dir: str | Path, title: str = "") -> Path:
+    """R(l) per layer (FARE Figure 3), selected layers highlighted; writes r_by_layer.png/.csv."""
+    out = Path(out_dir)
+    rows = [{"layer": int(l), **{k: v for k, v in t.items() if isinstance(v, (int, float)) or v is None}}
+            for l, t in result["layers"].items()]  # fmt: skip
+    df = pl.DataFrame(rows).sort("layer").with_columns(selected=pl.col("layer").is_in(result["selected"]))
+    _write_csv(df, out / "r_by_layer.csv")
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * df.height + 2), 3.5))
+    colors = ["tab:red" if s else "tab:gray" for s in df["selected"].to_list()]
+    ax.bar(df["layer"].to_numpy(), df["R"].to_numpy(), color=colors)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("MoE layer (red: selected)")
+    ax.set_ylabel("R(l) = Δbias / (|ΔPPL| + 1e-6)")
+    ax.set_title(f"{title} AALS: one-layer ARR probes at λ = {result['settings']['lambda_probe']:g}".strip())
+    return _save(fig, out / "r_by_layer.png")
+
+
+def arr_frontier(result: dict, out_dir: str | Path, title: str = "") -> Path:
+    """Bias–utility frontier of the λ sweep with λ* marked; writes frontier.png/.csv."""
+    out = Path(out_dir)
+    df = pl.DataFrame(result["sweep"])
+    _write_csv(df, out / "frontier.csv")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(df["ppl"].to_numpy(), df["pct_stereotype"].to_numpy(), "o-", color="tab:blue")
+    for lam, x, y in df.select("lambda", "ppl", "pct_stereotype").iter_rows():
+        ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    star = df.filter(pl.col("chosen"))
+    ax.plot(star["ppl"].to_numpy(), star["pct_stereotype"].to_numpy(), "*", ms=16, color="tab:red", label="λ*")
+    ax.axvline(result["ppl_budget"], ls="--", color="gray", label="PPL budget (1+β)·PPL_base")
+    ax.axhline(0.5, ls=":", color="green", label="parity 0.5")
+    ax.set_xlabel("perplexity (validation)")
+    ax.set_ylabel("CrowS preference (validation)")
+    ax.set_title(f"{title} ARR bias–utility frontier, λ* = {result['lambda_star']:g}".strip())
+    ax.legend(fontsize=8)
+    return _save(fig, out / "frontier.png")
+
+
+def condition_deltas(result: dict, out_dir: str | Path, name: str, title: str = "") -> Path:
+    """Δ of each condition's headline metrics with 95 % CIs (one panel per metric); <name>.png/.csv."""
+    out = Path(out_dir)
+    recs = [r for r in result["comparisons"]]
+    df = pl.DataFrame(recs)
+    _write_csv(df, out / f"{name}.csv")
+    metrics = list(dict.fromkeys(f"{r['benchmark']}.{r['metric']}" for r in recs))
+    conds = list(dict.fromkeys(r["condition"] for r in recs))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 0.35 * len(conds) + 1.5), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        sub = [r for r in recs if f"{r['benchmark']}.{r['metric']}" == m]
+        y = np.arange(len(sub))
+        d = np.array([r["delta"] for r in sub])
+        lo = d - np.array([r["ci_low"] for r in sub])
+        hi = np.array([r["ci_high"] for r in sub]) - d
+        colors = ["tab:red" if (r["p_bh"] is not None and r["p_bh"] < 0.05) else "tab:gray" for r in sub]
+        ax.barh(y, d, xerr=[lo, hi], color=colors, capsize=2)
+        ax.set_yticks(y, [r["condition"] for r in sub], fontsize=8)
+        ax.axvline(0, color="black", lw=0.5)
+        ax.invert_yaxis()
+        ax.set_title(f"Δ {m} (red: p_BH < 0.05)", fontsize=9)
+    fig.suptitle(title)
+    return _save(fig, out / f"{name}.png")

@@ -3,9 +3,11 @@
 Usage (what the `profile` stage calls)::
 
     from routelab.profile import ProfileParams, compute_profile
+    from routelab.profile_null import load_designated
     from routelab.io import write_parquet
     profile, layer_axis, descriptors = compute_profile(
-        "data/routing/olmoe.parquet", "data/prompts/olmoe.parquet", ProfileParams())
+        "data/routing/olmoe.parquet", "data/prompts/olmoe.parquet", ProfileParams(),
+        designated=load_designated("data/models/olmoe"))    # None: no plant.json there
     write_parquet(profile, "data/profiles/olmoe.parquet")   # read by `routelab extract --profile`
 
 Definitions (all per MoE layer l; "tokens" = the counted tokens of a prompt set, see below):
@@ -40,10 +42,31 @@ Choices (params section ``profile:``):
     column to 0. That is not a loss: ARR subtracts λφ_l inside a softmax, and a constant
     shift within a layer cannot change routing (docs/method.md §3).
   * Normalisation: per layer over experts, (x − min)/(max − min); a constant column → 0.
+    It gives every layer a "top" expert, even a layer of pure noise: φ says nothing about
+    significance, the per-expert test below does.
   * φ(e,l) = Σ_i w_i m̂_i(e,l), weights from params.
+  * Baseline (``baseline``): ``pooled`` (default, the paper's) compares each group with the
+    rate over ALL neutral prompts; ``context_matched`` compares group g with the neutral
+    prompts of g's own contexts, each weighted by how many prompts g has in that context
+    (routelab.profile_null.ContextLayout.matched_pattern). It applies to ARD, JSD, PMI and
+    entropy; the descriptive columns (p_neutral, layer_jsd, the layer-axis table) stay pooled.
+  * Significance per (layer, expert) (routelab.profile_null.ard_permutation_test): the raw
+    aggregated ARD (not φ, which is min-max normalised per layer; ARD is the paper's
+    strongest component) against B = ``n_permutations`` relabellings within context;
+    p = (1 + #{T* ≥ T})/(1 + B), Benjamini–Hochberg over all L·K experts, ``significant``
+    = p_bh < ``alpha``. With B relabellings no p is below 1/(1 + B), so BH can only declare
+    experts when at least ⌈L·K/((1 + B)·alpha)⌉ of them reach that floor (``ard_null.
+    bh_min_hits`` in the descriptors): raise n_permutations for models with many experts.
+  * Routing-shift test, reported twice whatever ``exclude_descriptor`` says: with the
+    descriptor tokens counted and without them (``routing_shift.with_descriptor`` /
+    ``without_descriptor``; the latter is null when the prompts have no descriptor spans).
 
-Everything (group sums, metrics, the permutation null) derives from the per-prompt counts
+Everything (group sums, metrics, the permutation nulls) derives from the per-prompt counts
 (P, L, K) of routelab.counting.
+
+Why over ~500 lines: FSP's definitions, kernels, parameters and compute_profile's input checks
+are one concept and read best in one file; the permutation machinery and the planted-testbed
+ground truth already live apart, in routelab.profile_null.
 """
 
 from __future__ import annotations
@@ -58,8 +81,15 @@ import polars as pl
 from scipy import sparse, special, stats
 
 from routelab.config import check_choice
-from routelab.counting import prompt_counts
+from routelab.counting import PromptCounts, prompt_counts
 from routelab.errors import RoutelabError
+from routelab.profile_null import (
+    ContextLayout,
+    ard_permutation_test,
+    designated_report,
+    permutation_p,
+    shift_null_sums,
+)
 from routelab.tables import NEUTRAL, PROFILE_COLUMNS, load_prompts
 from routelab.vocab import AXES
 
@@ -87,11 +117,14 @@ class ProfileParams:
     split: str = "validation"  # prompts used: validation | test | all (FARE: FSP on validation)
     skip_first_token: bool = False  # drop position 0 of every prompt
     exclude_descriptor: bool = False  # drop descriptor tokens (length-controlled profile)
-    n_permutations: int = 1000  # permutation null of the demographic routing shift; 0 = skip
+    baseline: str = "pooled"  # neutral rate of ARD/JSD/PMI: pooled (paper) | context_matched
+    n_permutations: int = 1000  # permutation nulls (per-expert ARD, routing shift); 0 = skip
+    alpha: float = 0.05  # BH false-discovery level of the per-expert ARD test (`significant`)
     seed: int = 0  # permutation RNG
 
     def __post_init__(self) -> None:
         check_choice("profile.aggregation", self.aggregation, ("mean", "max"))
+        check_choice("profile.baseline", self.baseline, ("pooled", "context_matched"))
         check_choice("profile.layer_metrics", self.layer_metrics, ("decompose", "broadcast"))
         check_choice("profile.split", self.split, ("validation", "test", "all"))
         if not (self.smoothing > 0 and math.isfinite(self.smoothing)):
@@ -104,6 +137,8 @@ class ProfileParams:
                 raise RoutelabError(f"profile.weights.{name} must be finite, found {w}")
         if self.n_permutations < 0:
             raise RoutelabError(f"profile.n_permutations must be >= 0, found {self.n_permutations}")
+        if not 0 < self.alpha < 1:
+            raise RoutelabError(f"profile.alpha must be a false-discovery level in (0, 1), found {self.alpha}")
 
 
 # --------------------------------------------------------------------------------------
@@ -151,14 +186,15 @@ def pmi(
 ) -> np.ndarray:
     """PMI(g,e) = log2(P̃(e|g) / (P̃(e) P(g))) with P̃ = (A + α)/(N + 2α), P(g) = N_g / N_all.
 
-    a_g (G, L, K), n_g (G, L), a_n (L, K), n_n (L,), n_all (L,) → (G, L, K). Finite for α > 0.
+    a_g (G, L, K), n_g (G, L), a_n (L, K) or per group (G, L, K), n_n (L,) or (G, L),
+    n_all (L,) → (G, L, K). Finite for α > 0.
     """
     if not alpha > 0:
         raise RoutelabError(f"PMI smoothing must be > 0, found {alpha}")
     p_eg = (a_g + alpha) / (n_g + 2 * alpha)[..., None]  # (G, L, K)
-    p_e = (a_n + alpha) / (n_n + 2 * alpha)[..., None]  # (L, K)
+    p_e = (a_n + alpha) / (n_n + 2 * alpha)[..., None]  # (L, K) or (G, L, K)
     p_g = n_g / n_all[None, :]  # (G, L)
-    return np.log2(p_eg) - np.log2(p_e)[None] - np.log2(p_g)[..., None]
+    return np.log2(p_eg) - np.log2(p_e) - np.log2(p_g)[..., None]
 
 
 def minmax_per_layer(x: np.ndarray, atol: float = 1e-12) -> np.ndarray:
@@ -201,29 +237,39 @@ class GroupCounts:
     n_g: np.ndarray  # (G, L) counted tokens per group
     a_n: np.ndarray  # (L, K) activation counts on neutral prompts
     n_n: np.ndarray  # (L,) counted neutral tokens
+    # context-matched baseline (profile.baseline: context_matched), None = the pooled a_n, n_n
+    a_base: np.ndarray | None = None  # (G, L, K) Σ_c m_gc · A_{neutral of c}(e)
+    n_base: np.ndarray | None = None  # (G, L) Σ_c m_gc · N_{neutral of c}
 
 
 def fsp_metrics(gc: GroupCounts, cfg: ProfileParams) -> dict[str, np.ndarray]:
-    """Raw and normalised FSP metrics and φ, each (L, K) (docs/method.md §2)."""
-    for name, arr in (("a demographic group", gc.n_g), ("the neutral set", gc.n_n)):
+    """Raw and normalised FSP metrics and φ, each (L, K) (docs/method.md §2).
+
+    Each group is compared with its baseline: the pooled neutral counts (a_n, n_n), or the
+    context-matched ones (a_base, n_base) when given.
+    """
+    pooled = gc.a_base is None
+    a_b = gc.a_n[None] if pooled else gc.a_base  # (1 or G, L, K)
+    n_b = gc.n_n[None] if pooled else gc.n_base  # (1 or G, L)
+    for name, arr in (("a demographic group", gc.n_g), ("the neutral set", gc.n_n), ("a baseline", n_b)):
         if (arr <= 0).any():
             raise RoutelabError(
                 f"FSP: {name} has no counted tokens in some layer: relax profile.skip_first_token / "
                 "profile.exclude_descriptor, or extract routing for more prompts"
             )
     p_g = activation_rates(gc.a_g, gc.n_g)  # (G, L, K)
-    p_n = activation_rates(gc.a_n, gc.n_n)  # (L, K)
-    ard_g = np.abs(p_g - p_n[None])  # (G, L, K)
-    d_g, d_n = distribution(gc.a_g), distribution(gc.a_n)  # (G, L, K), (L, K)
+    p_n = activation_rates(gc.a_n, gc.n_n)  # (L, K) pooled, reported as p_neutral
+    ard_g = np.abs(p_g - activation_rates(a_b, n_b))  # (G, L, K)
+    d_g, d_b = distribution(gc.a_g), distribution(a_b)  # (G, L, K), (1 or G, L, K)
     if cfg.layer_metrics == "decompose":
-        jsd_g = js_terms(d_g, d_n[None])  # (G, L, K), sums over K to the layer JSD
-        ent_g = np.abs(entropy_terms(d_g) - entropy_terms(d_n)[None])
+        jsd_g = js_terms(d_g, d_b)  # (G, L, K), sums over K to the layer JSD
+        ent_g = np.abs(entropy_terms(d_g) - entropy_terms(d_b))
     else:  # broadcast: the layer value for every expert
         K = gc.a_n.shape[-1]
-        jsd_g = np.repeat(jsd(d_g, d_n[None])[..., None], K, axis=-1)
-        ent_g = np.repeat(np.abs(entropy(d_g) - entropy(d_n)[None])[..., None], K, axis=-1)
+        jsd_g = np.repeat(jsd(d_g, d_b)[..., None], K, axis=-1)
+        ent_g = np.repeat(np.abs(entropy(d_g) - entropy(d_b))[..., None], K, axis=-1)
     n_all = gc.n_n + gc.n_g.sum(axis=0)  # (L,)
-    pmi_g = pmi(gc.a_g, gc.n_g, gc.a_n, gc.n_n, n_all, cfg.smoothing)
+    pmi_g = pmi(gc.a_g, gc.n_g, a_b[0] if pooled else a_b, n_b[0] if pooled else n_b, n_all, cfg.smoothing)
 
     raw = {
         "ard": _aggregate(ard_g, cfg.aggregation),
@@ -244,7 +290,7 @@ def fsp_metrics(gc: GroupCounts, cfg: ProfileParams) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------
-# Permutation null of the demographic routing shift
+# Layer-level routing-shift test (the relabelling lives in routelab.profile_null)
 # --------------------------------------------------------------------------------------
 
 
@@ -253,61 +299,31 @@ def shift_statistic(a_n: np.ndarray, a_d: np.ndarray) -> float:
     return float(jsd(distribution(a_d), distribution(a_n)).mean())
 
 
-def permutation_test(
+def routing_shift_test(
     counts: np.ndarray, context: np.ndarray, neutral: np.ndarray, n_permutations: int, seed: int
 ) -> dict[str, Any]:
-    """Neutral/demographic label shuffle within contexts.
+    """Does the descriptor shift the layer routing at all? (docs/method.md §2)
 
     counts (P, L, K): per-prompt activation counts; context (P,) context ids; neutral (P,)
     bool. Statistic: ``shift_statistic`` between all neutral and all demographic prompts of
     the contexts that hold exactly one neutral prompt and at least one variant. Null: in each
-    context the "neutral" label goes to a uniformly drawn member (the others are
-    demographic); under H0 (the descriptor does not change routing) the members of a context
-    are exchangeable. p = (1 + #{T* ≥ T}) / (1 + B).
-    Cost: per permutation one sparse (1 × P) · (P × L·K) product over n_contexts rows.
+    context the "neutral" label goes to a uniformly drawn member (under H0 the members are
+    exchangeable; routelab.profile_null.shift_null_sums). p = (1 + #{T* ≥ T}) / (1 + B).
     """
-    ctx_codes, ctx_inv = np.unique(context, return_inverse=True)
-    n_neutral = np.bincount(ctx_inv, weights=neutral.astype(float), minlength=ctx_codes.size)
-    size = np.bincount(ctx_inv, minlength=ctx_codes.size)
-    ok_ctx = (n_neutral == 1) & (size >= 2)
-    keep = ok_ctx[ctx_inv]
     P, L, K = counts.shape
-    C = counts[keep].reshape(-1, L * K).astype(np.float32)  # (P', L*K); exact for counts < 2^24
-    inv = np.unique(ctx_inv[keep], return_inverse=True)[1]  # contexts renumbered 0..n_ctx-1
-    is_n = neutral[keep]
-    n_ctx = int(ok_ctx.sum())
-    out: dict[str, Any] = {"n_contexts_tested": n_ctx, "n_permutations": int(n_permutations)}
-    if n_ctx == 0:
-        raise RoutelabError(
-            "permutation test: no context holds exactly one neutral prompt and a demographic "
-            "variant; check that the routing log covers whole contexts (prompt_id → context_id)"
-        )
-    total = C.sum(axis=0, dtype=np.float64)  # (L*K,)
-    s_n = C[is_n].sum(axis=0, dtype=np.float64)
-    observed = shift_statistic(s_n.reshape(L, K), (total - s_n).reshape(L, K))
-    out["shift_jsd"] = observed
+    sums = shift_null_sums(counts, context, neutral, n_permutations, seed)
+    observed = shift_statistic(sums.neutral.reshape(L, K), (sums.total - sums.neutral).reshape(L, K))
+    out: dict[str, Any] = {
+        "shift_jsd": observed,
+        "n_contexts_tested": sums.n_contexts,
+        "n_permutations": int(n_permutations),
+    }
     if n_permutations == 0:
         out.update(p_value=None, null_mean=None, null_sd=None)
         return out
-    order = np.argsort(inv, kind="stable")  # members of each context contiguous
-    C, inv = C[order], inv[order]
-    start = np.searchsorted(inv, np.arange(n_ctx))  # (n_ctx,) first member row
-    members = np.bincount(inv, minlength=n_ctx)  # (n_ctx,)
-    rng = np.random.default_rng(seed)
-    null = np.empty(n_permutations)
-    chunk = 64
-    for b0 in range(0, n_permutations, chunk):
-        b = min(chunk, n_permutations - b0)
-        pick = start[None, :] + (rng.random((b, n_ctx)) * members[None, :]).astype(np.int64)  # (b, n_ctx)
-        W = sparse.csr_matrix(
-            (np.ones(b * n_ctx, np.float32), pick.ravel(), np.arange(0, b * n_ctx + 1, n_ctx)),
-            shape=(b, C.shape[0]),
-        )
-        s_n_perm = np.asarray(W @ C, dtype=np.float64)  # (b, L*K) neutral sums
-        d_n = distribution(s_n_perm.reshape(b, L, K))
-        d_d = distribution((total[None] - s_n_perm).reshape(b, L, K))
-        null[b0 : b0 + b] = jsd(d_d, d_n).mean(axis=1)
-    out["p_value"] = float((1 + (null >= observed - 1e-15).sum()) / (1 + n_permutations))
+    null_n = sums.null_neutral.reshape(n_permutations, L, K)  # (B, L, K)
+    null = jsd(distribution(sums.total.reshape(L, K)[None] - null_n), distribution(null_n)).mean(axis=1)  # (B,)
+    out["p_value"] = float(permutation_p((null >= observed - 1e-15).sum(), n_permutations))
     out["null_mean"] = float(null.mean())
     out["null_sd"] = float(null.std(ddof=1)) if n_permutations > 1 else 0.0
     return out
@@ -319,25 +335,36 @@ def permutation_test(
 
 
 def compute_profile(
-    routing_path: str | Path, prompts_path: str | Path | pl.DataFrame, cfg: ProfileParams
+    routing_path: str | Path,
+    prompts_path: str | Path | pl.DataFrame,
+    cfg: ProfileParams,
+    designated: dict[int, list[int]] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """FSP profile of one routing log.
 
     Returns ``(profile, layer_axis_jsd, descriptors)``:
-      profile: one row per (layer, expert), columns ``PROFILE_COLUMNS`` (``phi`` for ARR);
+      profile: one row per (layer, expert), columns ``PROFILE_COLUMNS`` (``phi`` for ARR;
+      ``ard_p``, ``ard_p_bh``, ``significant``: the per-expert test, null with
+      n_permutations 0);
       layer_axis_jsd: per (layer, axis) JSD(axis pooled ‖ neutral) in bits, for plots;
-      descriptors: architecture descriptors (FARE Table 3) and the permutation null, for
-      metrics/<model>/profile.json.
+      descriptors: architecture descriptors (FARE Table 3), the per-expert null's summary,
+      the routing-shift test with and without descriptor tokens, the settings, and, given
+      ``designated`` (a planted testbed's experts, routelab.profile_null.load_designated),
+      their φ ranks and significance.
     """
     prompts = load_prompts(prompts_path)
-    if cfg.exclude_descriptor:
-        _check_descriptor_spans(prompts)
-    pc = prompt_counts(
-        routing_path,
-        prompts,
-        skip_first_token=cfg.skip_first_token,
-        exclude_span=DESCRIPTOR_SPAN if cfg.exclude_descriptor else None,
-    )
+    span_problem = _descriptor_span_problem(prompts)
+    if cfg.exclude_descriptor and span_problem:
+        raise RoutelabError(span_problem)
+
+    def count(exclude_descriptor: bool) -> PromptCounts:
+        span = DESCRIPTOR_SPAN if exclude_descriptor else None
+        return prompt_counts(routing_path, prompts, skip_first_token=cfg.skip_first_token, exclude_span=span)
+
+    pc = count(cfg.exclude_descriptor)  # the counts φ is computed from
+    # The other counting form, for the routing-shift test in both forms: a second pass over the
+    # log; none when the prompts have no descriptor spans to exclude.
+    pc_other = count(not cfg.exclude_descriptor) if cfg.exclude_descriptor or not span_problem else None
     name = str(routing_path)
     L, K, k = pc.layers.size, int(pc.meta.num_experts), int(pc.meta.top_k)
 
@@ -400,7 +427,13 @@ def compute_profile(
             f"{name}: no counted tokens for group/layer {zero[:3] or 'neutral'} (an empty group after "
             "the token filters): relax profile.skip_first_token / profile.exclude_descriptor"
         )
+    ctx = prompts["context_id"].to_numpy()[use]
+    layout = ContextLayout.build(ctx, lab + 1, G + 1)  # labels 0 = neutral, 1..G = groups
     gc = GroupCounts(pc.layers, groups, [axis_of[g] for g in groups], a_g, n_g, a_n, n_n)
+    if cfg.baseline == "context_matched":
+        weights = layout.matched_weights()  # (G, P')
+        gc.a_base = np.rint(weights @ counts.reshape(-1, L * K)).astype(np.int64).reshape(G, L, K)
+        gc.n_base = np.rint(weights @ ntok).astype(np.int64)  # (G, L)
     m = fsp_metrics(gc, cfg)
 
     a_d = a_g.sum(axis=0)  # (L, K) pooled demographic
@@ -421,6 +454,17 @@ def compute_profile(
     }
     for c in [*METRICS, *(f"{x}_norm" for x in METRICS), "phi"]:
         cols[c] = np.asarray(m[c], dtype=np.float64).ravel()
+    B = cfg.n_permutations
+    if B:
+        null = ard_permutation_test(
+            counts, ntok, layout, aggregation=cfg.aggregation,
+            context_matched=cfg.baseline == "context_matched", n_permutations=B, seed=cfg.seed,
+        )  # fmt: skip
+        cols["ard_p"], cols["ard_p_bh"] = null.p, null.p_bh
+        cols["significant"] = null.p_bh < cfg.alpha
+    else:  # not tested: null, not "not significant"
+        cols["ard_p"] = cols["ard_p_bh"] = pl.Series([None] * (L * K), dtype=pl.Float64)
+        cols["significant"] = pl.Series([None] * (L * K), dtype=pl.Boolean)
     cols["ard_top_group"] = np.array(groups, dtype=object)[m["ard_top_group_idx"].ravel()]
     cols["layer_jsd"] = np.repeat(layer_jsd, K)
     cols["layer_entropy_neutral"] = np.repeat(H_n, K)
@@ -449,8 +493,11 @@ def compute_profile(
     ranked = np.argsort(-f.ravel(), kind="stable")
     # φ is normalised per layer, so every layer's max can tie; break ties by raw ARD
     top = int(np.lexsort((-m["ard"].ravel(), -phi))[0])
-    ctx = prompts["context_id"].to_numpy()[use]
-    perm = permutation_test(counts, ctx, neu, cfg.n_permutations, cfg.seed)
+    shift = {"with_descriptor": None, "without_descriptor": None}
+    for exclude, pcx in ((cfg.exclude_descriptor, pc), (not cfg.exclude_descriptor, pc_other)):
+        if pcx is not None:
+            key = "without_descriptor" if exclude else "with_descriptor"
+            shift[key] = routing_shift_test(pcx.counts[use], ctx, neu, B, cfg.seed)
     descriptors: dict[str, Any] = {
         "n_layers": int(L),
         "n_experts": int(K),
@@ -469,9 +516,18 @@ def compute_profile(
         "n_tokens_neutral": int(n_n.max()),
         "n_tokens_demographic": int(n_d.max()),
         "n_prompts_missing": int((in_split & ~present).sum()),
-        "permutation": perm,
+        "ard_null": {
+            "n_permutations": int(B),
+            "n_tested": int(L * K),
+            "n_significant": int(profile["significant"].sum()) if B else None,
+            "p_floor": 1 / (1 + B) if B else None,
+            # experts that must reach p_floor before BH can declare any (module docstring)
+            "bh_min_hits": math.ceil(L * K / ((1 + B) * cfg.alpha)) if B else None,
+        },
+        "routing_shift": shift,
         "settings": {
             "aggregation": cfg.aggregation,
+            "baseline": cfg.baseline,
             "layer_metrics": cfg.layer_metrics,
             "smoothing": cfg.smoothing,
             "split": cfg.split,
@@ -479,8 +535,12 @@ def compute_profile(
             "exclude_descriptor": cfg.exclude_descriptor,
             "weights": asdict(cfg.weights),
             "jsd_log_base": 2,
+            "alpha": cfg.alpha,
+            "seed": cfg.seed,
         },
     }
+    if designated is not None:
+        descriptors["designated"] = designated_report(profile, designated, K)
     return profile, layer_axis, descriptors
 
 
@@ -493,18 +553,19 @@ def _axis_order(axis: str) -> int:
     return AXES.index(axis) if axis in AXES else len(AXES)
 
 
-def _check_descriptor_spans(prompts: pl.DataFrame) -> None:
-    """profile.exclude_descriptor needs every demographic prompt's descriptor token span."""
+def _descriptor_span_problem(prompts: pl.DataFrame) -> str | None:
+    """Why the descriptor tokens cannot be excluded (no spans), or None when they can."""
     missing = [c for c in DESCRIPTOR_SPAN if c not in prompts.columns]
     if missing:
-        raise RoutelabError(
+        return (
             f"profile.exclude_descriptor needs the prompts table column(s) {missing}: build the "
             "prompts with the model's tokenizer (the `prompts` stage), or set profile.exclude_descriptor: false"
         )
     demo_missing = prompts.filter(pl.col("axis").is_not_null() & pl.col(DESCRIPTOR_SPAN[0]).is_null())
     if demo_missing.height:
-        raise RoutelabError(
+        return (
             f"profile.exclude_descriptor: {demo_missing.height} demographic prompts have no "
             "descriptor token span (desc_start is null): build the prompts with the model's tokenizer "
             "(the `prompts` stage), or set profile.exclude_descriptor: false"
         )
+    return None

@@ -198,6 +198,9 @@ PROFILE_COLUMNS = (
     "ard", "jsd", "pmi", "entropy",  # raw metrics aggregated over groups (docs/method.md §2)
     "ard_norm", "jsd_norm", "pmi_norm", "entropy_norm",  # per-layer min-max normalised
     "phi",  # Σ w_i · m̂_i: the FSP sensitivity score ARR reads
+    "ard_p",  # permutation p of the raw `ard` (relabelling within context; null if not tested)
+    "ard_p_bh",  # ard_p Benjamini–Hochberg adjusted over all L·K experts
+    "significant",  # ard_p_bh < profile.alpha: the expert stands above the noise floor
     "ard_top_group",  # the group with the largest ARD for this expert
     "layer_jsd",  # JSD(pooled demographic ‖ neutral) of the layer, bits (layer-constant)
     "layer_entropy_neutral",  # H(D_n) of the layer, bits (layer-constant)
