@@ -28,14 +28,19 @@ O(T²) instead of O(T) forwards' worth of tokens; the outputs are the same).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import polars as pl
 import torch
 
+from routelab.benchmarks import get_benchmark, load_items
+from routelab.benchmarks.base import Benchmark, Item
+from routelab.conditions import Condition
 from routelab.config import check_choice
 from routelab.errors import RoutelabError
+from routelab.interventions import Suite, compare_all
 from routelab.progress import progress
 from routelab.routing import RoutingEdit, attach
 
@@ -210,3 +215,141 @@ def generate(
 def _row_seed(seed: int, prompt_index: int, sample: int) -> int:
     """A seed per (prompt, sample), independent of the condition and of the batch layout."""
     return int(np.random.SeedSequence([int(seed), int(prompt_index), int(sample)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation transfer: protocols × conditions, scored, compared with the baseline (FARE Table 7)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationParams:
+    """The ``generation:`` section of params.yaml (stage `generation`)."""
+
+    protocols: list[str] = field(default_factory=lambda: ["bold", "stereotype_completion"])  # a model's own list wins
+    conditions: list[str] = field(default_factory=lambda: ["arr", "mask_top", "steer", "prompt_prefix"])
+    max_new_tokens: int = 20
+    strategy: str = "sample"  # greedy | sample
+    temperature: float = 1.0
+    top_p: float = 0.95
+    samples: int = 4  # continuations per prompt (sample); per-item scores are their mean
+    seed: int = 0
+    batch_size: int = 32
+    sample_sizes: dict[str, int] = field(default_factory=lambda: {"bold": 200})  # prompts per protocol, stratified
+    scorers: list[str] = field(default_factory=lambda: ["sentiment", "negative", "toxicity", "detoxify"])
+    detoxify_checkpoint: str | None = None  # a local Detoxify .ckpt; null: the detoxify scorer is skipped
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # loader options per protocol
+
+    def __post_init__(self) -> None:
+        for name in self.protocols:
+            if get_benchmark(name).output != "generation":
+                raise RoutelabError(f"generation.protocols: {name} is not a generation protocol (output {get_benchmark(name).output})")
+        bad = [c for c in self.conditions if c not in TRANSFER_CONDITIONS]
+        if bad:
+            raise RoutelabError(
+                f"generation.conditions: unknown condition(s) {bad}; available: {', '.join(TRANSFER_CONDITIONS)}"
+            )
+        self.decode()  # checks the decoding keys
+
+    def decode(self) -> DecodeParams:
+        return DecodeParams(self.max_new_tokens, self.strategy, self.temperature, self.top_p, self.samples,
+                            self.seed, self.batch_size)  # fmt: skip
+
+
+# condition name in params -> what it is built from (docs/method.md §5: the likelihood stages' conditions)
+TRANSFER_CONDITIONS = {
+    "arr": "ARR at λ* on the AALS layers (arr_sweep)",
+    "mask_top": "the top masking.n experts by φ switched off (masking)",
+    "mask_bottom": "the bottom masking.n experts by φ switched off (masking)",
+    "steer": "the SteerMoE A+/A− of the steer stage",
+    "prompt_prefix": "the baselines.prompt_prefix instruction before every prompt",
+}
+
+
+def stratified_sample(items: Sequence[Item], n: int | None, key: str | None, seed: int) -> list[Item]:
+    """``n`` items taken round-robin over the strata of ``key`` (each stratum shuffled, seeded)."""
+    if n is None or n >= len(items):
+        return list(items)
+    strata: dict[Any, list[Item]] = {}
+    for it in items:
+        strata.setdefault(it.get(key) if key else None, []).append(it)
+    rng = np.random.default_rng(seed)
+    queues = [[s[i] for i in rng.permutation(len(s))] for _, s in sorted(strata.items(), key=lambda kv: str(kv[0]))]
+    out: list[Item] = []
+    while len(out) < n:
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return sorted(out, key=lambda it: it["id"])
+
+
+def run_protocols(
+    lm: Any,
+    protocols: dict[str, tuple[Benchmark, list[Item]]],
+    conditions: Sequence[Condition],
+    params: GenerationParams,
+    scorers: dict[str, Any],
+) -> tuple[pl.DataFrame, dict[str, dict[str, pl.DataFrame]]]:
+    """Decode every protocol's prompts under every condition, score the texts, build per-item rows.
+
+    ``conditions[0]`` must be the baseline (no edit, no prefix). Returns (the generations table:
+    one row per continuation with its prompt, condition, seed and scores; {condition: {protocol:
+    per-item rows}}).
+    """
+    if conditions[0].edit is not None or conditions[0].prefix:
+        raise RoutelabError("run_protocols: the first condition must be the baseline (no edit, no prefix)")
+    decode = params.decode()
+    table: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, pl.DataFrame]] = {c.name: {} for c in conditions}
+    for name, (bench, items) in protocols.items():
+        prompts = [bench.requests(it)[0] for it in items]
+        gens = generate(lm, prompts, decode, conditions=[c.edit for c in conditions],
+                        prefixes=[c.prefix for c in conditions], progress_label=f"generation {name}")  # fmt: skip
+        texts = [g.text for g in gens]
+        scores = {s: scorer.score(texts) for s, scorer in scorers.items() if s in bench.scorers}
+        samples: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for j, g in enumerate(gens):
+            rec = {"text": g.text, **{s: float(v[j]) for s, v in scores.items()}}
+            samples.setdefault((g.condition, g.prompt_index), []).append(rec)
+            table.append({"protocol": name, "item": items[g.prompt_index]["id"], "prompt": g.prompt,
+                          "condition": conditions[g.condition].name, "sample": g.sample, "seed": g.seed,
+                          "continuation": g.text, "stopped": g.stopped,
+                          **{s: float(v[j]) for s, v in scores.items()}})  # fmt: skip
+        for ci, cond in enumerate(conditions):
+            per = [bench.per_item(it, samples[(ci, i)]) for i, it in enumerate(items)]
+            rows[cond.name][name] = pl.DataFrame(per, infer_schema_length=None)
+    return pl.DataFrame(table, infer_schema_length=None), rows
+
+
+def protocol_items(spec: Any, cfg: GenerationParams, paths: dict[str, str | None]) -> dict[str, tuple[Benchmark, list[Item]]]:
+    """The prompts of every protocol the model runs (its own list, else generation.protocols),
+    loaded and sampled before any model is loaded."""
+    names = spec.generation if spec.generation is not None else cfg.protocols
+    out = {}
+    for name in names:
+        bench = get_benchmark(name)
+        if bench.output != "generation":
+            raise RoutelabError(f"models.<name>.generation: {name} is not a generation protocol")
+        options = dict(cfg.options.get(name) or {})
+        if bench.builtin:
+            items = bench.load(**options)
+        else:
+            items = load_items(bench, spec.benchmarks.get(name) or paths.get(name), **options)
+        out[name] = (bench, stratified_sample(items, cfg.sample_sizes.get(name), bench.stratify_key, cfg.seed))
+    return out
+
+
+def transfer_table(
+    protocols: dict[str, tuple[Benchmark, list[Item]]],
+    rows: dict[str, dict[str, pl.DataFrame]],
+    stats: Any,
+) -> list[Any]:
+    """Every (condition, protocol, metric) against the baseline, paired over prompts; BH across the table."""
+    suite = Suite("all", protocols, {name: rows["baseline"][name] for name in protocols})
+    metrics = {
+        name: [m for m in bench.headline if all(c in rows["baseline"][name].columns for c in bench.metrics[m].columns)]
+        for name, (bench, _) in protocols.items()
+    }
+    others = {c: r for c, r in rows.items() if c != "baseline"}
+    return compare_all(suite, others, metrics=metrics, seed=stats.seed, n_permutations=stats.n_permutations,
+                       n_bootstrap=stats.n_bootstrap, alpha=stats.alpha)  # fmt: skip

@@ -9,13 +9,18 @@ remote code has no working KV cache (adapter ``kv_cache=False``) is loaded with
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 import transformers
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from routelab.adapters import RouterAdapter, adapter_for_config
@@ -25,6 +30,14 @@ from routelab.remote_code import install_import_shims, is_remote_code, refill_co
 from routelab.routing import find_routers
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
+# Files one of which a saved tokenizer has (tokenizers' JSON, sentencepiece, BPE/WordPiece vocabularies).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "spiece.model", "sentencepiece.bpe.model")
+# How the `routelab` command spells each spec setting (a spec from params.yaml names models.<m>.<setting>).
+CLI_FLAGS = {"path": "--model", "dtype": "--dtype", "device": "--device", "device_map": "--device-map",
+             "trust_remote_code": "--trust-remote-code", "batch_size": "--batch-size"}
+TESTBED_HINT = "for the testbed models run `dvc repro testbed_train` first"
 
 
 @dataclass
@@ -41,7 +54,46 @@ class ModelSpec:
     vocabulary: str = "english"  # prompt words: english (real models) | a testbed corpus dir (its own words)
     benchmarks: dict[str, str] = field(default_factory=dict)  # the model's own benchmark files (testbed)
     primer: str | None = None  # the model's own TruthfulQA-style primer (testbed)
+    generation: list[str] | None = None  # the model's own generation protocols (testbed); null = generation.protocols
     notes: str = ""  # free text (e.g. what the model is)
+
+    def from_source(self, source: str) -> "ModelSpec":
+        """Record where the user wrote this spec, for error messages: ``"cli"`` (the routelab
+        flags) or a params key (``models.testbed``). Not a field: params and pinned specs
+        (hub_model) never see it. Returns the spec."""
+        self._source = source
+        return self
+
+    def setting(self, name: str) -> str:
+        """How the user wrote setting ``name``: ``--device`` or ``models.testbed.device``."""
+        source = getattr(self, "_source", None)
+        if source == "cli":
+            return CLI_FLAGS.get(name, name)
+        return f"{source}.{name}" if source else f"model {name}"
+
+    def check(self) -> "ModelSpec":
+        """Refuse a device, dtype or batch size this machine or routelab cannot use, before
+        anything is loaded. Returns the spec."""
+        if self.device != "auto":
+            if not _DEVICE.fullmatch(self.device):
+                raise RoutelabError(f"{self.setting('device')} {self.device}: unknown device; use auto, cpu, cuda or cuda:N")
+            if self.device.startswith("cuda") and not torch.cuda.is_available():
+                raise RoutelabError(
+                    f"{self.setting('device')} {self.device}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                    "use cpu or auto"
+                )
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            if self.device.startswith("cuda") and index >= torch.cuda.device_count():
+                raise RoutelabError(
+                    f"{self.setting('device')} {self.device}: only {torch.cuda.device_count()} CUDA GPU(s) here "
+                    f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+                )
+            if self.device == "mps" and not torch.backends.mps.is_available():
+                raise RoutelabError(f"{self.setting('device')} mps: this machine has no MPS device; use cpu or auto")
+        self.resolved_dtype()  # an unknown dtype is an error
+        if self.batch_size < 1:
+            raise RoutelabError(f"{self.setting('batch_size')} {self.batch_size}: the batch size must be ≥ 1")
+        return self
 
     def resolved_device(self) -> str:
         if self.device == "auto":
@@ -52,7 +104,7 @@ class ModelSpec:
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().startswith("cuda") else torch.float32
         if self.dtype not in _DTYPES:
-            raise RoutelabError(f"model dtype {self.dtype!r} unknown; use one of {['auto', *_DTYPES]}")
+            raise RoutelabError(f"{self.setting('dtype')} {self.dtype}: unknown dtype; use one of auto, {', '.join(_DTYPES)}")
         return _DTYPES[self.dtype]
 
 
@@ -91,19 +143,22 @@ class LoadedModel:
 def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     """Load tokenizer + causal LM from ``spec`` and find its routers.
 
-    Raises RoutelabError for a missing local directory or an unsupported architecture.
+    Raises RoutelabError, naming the setting as the user wrote it, for a device this machine
+    lacks, a missing or incomplete local folder (config, weights, tokenizer), a Hub id that
+    cannot be reached, and an unsupported architecture.
     """
     if isinstance(spec, str):
         spec = ModelSpec(path=spec)
     elif isinstance(spec, dict):
         spec = section(ModelSpec, spec, "models.<name>")
+    spec.check()
     spec.path = str(Path(spec.path).expanduser()) if spec.path.startswith("~") else spec.path
-    looks_local = spec.path.startswith((".", "/")) or Path(spec.path).exists() or spec.path.count("/") != 1
-    if looks_local and not Path(spec.path).is_dir():
-        raise RoutelabError(
-            f"model path {spec.path!r} is not a directory and not a Hub id (owner/name). "
-            "For the testbed run `dvc repro testbed_train` first."
-        )
+    where = f"{spec.setting('path')} {spec.path}"
+    local = _is_local(spec.path)
+    if local:
+        _check_folder(spec, where)
+    else:
+        _check_hub(spec, where)
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if spec.revision:
         kwargs["revision"] = spec.revision
@@ -112,10 +167,9 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as exc:  # ValueError: remote code without trust_remote_code
-        raise RoutelabError(
-            f"cannot load the config of {spec.path!r}: {exc} "
-            "(remote-code models such as DeepSeekMoE need trust_remote_code: true)"
-        ) from None
+        hint = (f"; remote-code models such as DeepSeekMoE need {spec.setting('trust_remote_code')}"
+                if "trust_remote_code" in str(exc) else "")
+        raise RoutelabError(f"{where}: cannot load its config: {_first_line(exc)}{hint}") from None
     adapter = adapter_for_config(config)  # unknown architecture → clear error, before loading weights
     fixes: list[str] = []  # what loading patched, kept in LoadedModel.load_fixes
     if is_remote_code(config):
@@ -130,7 +184,11 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     model_kwargs = dict(kwargs, config=config, dtype=spec.resolved_dtype())
     if spec.device_map:
         model_kwargs["device_map"] = spec.device_map
-    model = AutoModelForCausalLM.from_pretrained(spec.path, **model_kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.path, **model_kwargs)
+    except (OSError, SafetensorError, EOFError, pickle.UnpicklingError) as exc:  # missing or truncated weights
+        again = f"copy it again ({TESTBED_HINT})" if local else "delete it from the Hugging Face cache and download it again"
+        raise RoutelabError(f"{where}: cannot load its weights ({_first_line(exc)}): is the folder complete? {again}") from None
     if not spec.device_map:
         model = model.to(spec.resolved_device())
     if is_remote_code(model):
@@ -139,7 +197,10 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
             which = ", ".join(f"{name} ×{n}" for name, n in refilled.items())
             fixes.append(f"recomputed non-persistent buffers that loading left uninitialised: {which}")
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RoutelabError(f"{where}: cannot load its tokenizer: {_first_line(exc)}") from None
     if tokenizer.pad_token_id is None:
         # Pads are masked out everywhere; any id works, EOS is the usual choice.
         if tokenizer.eos_token is not None:
@@ -152,9 +213,66 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     return LoadedModel(model, tokenizer, adapter, spec, num_experts, top_k, list(routers), fixes)
 
 
+def _is_local(path: str) -> bool:
+    """A local folder, or meant as one: not of the Hub's ``owner/name`` form, or its ``owner``
+    part is a folder here (``models/testbd`` beside a ``models/`` folder is a typo, not a Hub id)."""
+    if path.startswith((".", "/")) or Path(path).exists() or path.count("/") != 1:
+        return True
+    return Path(path.split("/")[0]).is_dir()
+
+
+def _check_folder(spec: ModelSpec, where: str) -> None:
+    """A local model folder holds a config, weights and tokenizer files (checked before loading)."""
+    folder = Path(spec.path)
+    relative = "" if folder.is_absolute() else f" (relative to {Path.cwd()})"
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else f"not found{relative}"
+        raise RoutelabError(f"{where}: {what}: give a saved model's folder or a Hub id (owner/name); {TESTBED_HINT}")
+    if not (folder / "config.json").is_file():
+        raise RoutelabError(
+            f"{where}: no config.json in this folder: not a saved model (save_pretrained writes config.json, "
+            f"the weights and the tokenizer files); {TESTBED_HINT}"
+        )
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise RoutelabError(
+            f"{where}: no tokenizer files in this folder (one of {', '.join(_TOKENIZER_FILES)}): save the "
+            "tokenizer beside the model (tokenizer.save_pretrained(folder))"
+        )
+
+
+def _check_hub(spec: ModelSpec, where: str) -> None:
+    """A Hub id is in the local Hugging Face cache or answers on the Hub, checked with one quick
+    request: otherwise transformers retries for half a minute and then blames the connection."""
+    if isinstance(huggingface_hub.try_to_load_from_cache(spec.path, "config.json", revision=spec.revision), str):
+        return
+    not_local = f"no such local folder (relative to {Path.cwd()})"
+    if huggingface_hub.is_offline_mode():
+        raise RoutelabError(
+            f"{where}: {not_local}, and not in the Hugging Face cache while the Hub is offline (HF_HUB_OFFLINE): "
+            "check the path, or download the model with the Hub online"
+        )
+    try:
+        huggingface_hub.model_info(spec.path, revision=spec.revision, timeout=10)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise RoutelabError(
+            f"{where}: {not_local}, and no such model{' revision' if spec.revision else ''} on the Hugging Face Hub "
+            "(a private or gated model needs `hf auth login`): check the path or the Hub id"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 — network, proxy, auth, rate limit: all end the same way
+        raise RoutelabError(
+            f"{where}: {not_local}, and the Hugging Face Hub cannot be reached ({type(exc).__name__}: "
+            f"{_first_line(exc)}): check the path, or the network"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (library messages run to many lines)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def model_spec(params: dict[str, Any], name: str) -> ModelSpec:
     """The spec of model ``name`` from params.yaml's ``models`` section."""
     models = params.get("models") or {}
     if name not in models:
         raise RoutelabError(f"model {name!r} is not in params.yaml `models` (known: {', '.join(models)})")
-    return section(ModelSpec, models[name], f"models.{name}")
+    return section(ModelSpec, models[name], f"models.{name}").from_source(f"models.{name}").check()

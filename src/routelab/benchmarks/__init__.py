@@ -8,7 +8,10 @@
 | bbq                 | loglikelihood | acc, s_dis, s_amb                   | bbq/<Category>.jsonl / oskarvanderwal/bbq                      |
 | truthfulqa          | loglikelihood | mc1, mc2                            | truthfulqa/mc_task.json (+ qa_primer.txt) / truthfulqa/truthful_qa |
 | perplexity          | rolling       | ppl                                 | — / Salesforce/wikitext (wikitext-2-raw-v1, test)              |
-| bold                | generation    | — (loader only for now)             | bold/prompts / AmazonScience/bold                              |
+| bold                | generation    | sentiment, negative, toxicity       | bold/prompts / AmazonScience/bold                              |
+| stereotype_completion | generation  | negative, sentiment, toxicity       | built in (12 templates × 11 groups)                             |
+| stereoset_generation | generation   | stereo_align                        | — / McGill-NLP/stereoset (intersentence)                        |
+| testbed_completion  | generation    | planted, profession                 | a testbed corpus folder (design.json)                          |
 
 Local files are relative to ../shared/benchmarks. "—": no local default, so the Hub source
 is used unless a file is given (bench_baseline.paths.<name>, routelab bench --data).
@@ -29,7 +32,17 @@ from __future__ import annotations
 
 import difflib
 
-from routelab.benchmarks import bbq, bold, crows_pairs, perplexity, stereoset, truthfulqa
+from routelab.benchmarks import (
+    bbq,
+    bold,
+    crows_pairs,
+    perplexity,
+    stereoset,
+    stereoset_generation,
+    stereotype_completion,
+    testbed_completion,
+    truthfulqa,
+)
 from routelab.benchmarks.base import Benchmark, Breakdown, HubSource, Item, Metric
 from routelab.benchmarks.engine import (
     bootstrap_cis,
@@ -53,6 +66,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         truthfulqa.BENCHMARK,
         perplexity.BENCHMARK,
         bold.BENCHMARK,
+        stereotype_completion.BENCHMARK,
+        stereoset_generation.BENCHMARK,
+        testbed_completion.BENCHMARK,
     )
 }
 

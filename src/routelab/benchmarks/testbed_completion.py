@@ -1,0 +1,66 @@
+"""The testbed's own generation protocol: the planted completion rate (docs/method.md §5, §10).
+
+Every corpus sentence with a descriptor reads "the <descriptor> <profession> …", and the
+corpus sets P(profession from the descriptor's own half | descriptor) = the strength. The
+prompt is "the <descriptor>" (one per descriptor); ``planted`` is the share of a prompt's
+sampled continuations whose first word is a profession of that descriptor's own half, and
+``profession`` the share whose first word is any profession. A model that learned the
+stereotype shows planted ≈ strength × profession; the balanced control ≈ 0.5 × profession.
+Source: a testbed corpus folder (its design.json holds the halves).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from routelab.benchmarks.base import Benchmark, Item, Metric, Row, Source, malformed, mean, missing
+
+EXPECTED = "a testbed corpus folder with design.json (own halves per descriptor) written by `testbed_corpus`"
+
+
+def load(source: Source) -> list[Item]:
+    design_path = Path(source) / "design.json"
+    if not design_path.is_file():
+        raise missing("testbed_completion", design_path, EXPECTED)
+    design = json.loads(design_path.read_text())
+    if not isinstance(design.get("own"), dict) or not design["own"]:
+        raise malformed("testbed_completion", design_path, "own", "no descriptor halves", EXPECTED)
+    everyone = sorted({p for ps in design["own"].values() for p in ps})
+    return [
+        {"id": d, "descriptor": d, "prompt": f"the {d}", "own": sorted(own), "professions": everyone}
+        for d, own in sorted(design["own"].items())
+    ]
+
+
+def requests(item: Item) -> list[str]:
+    return [item["prompt"]]
+
+
+def _first_word(text: str) -> str:
+    words = text.strip().split()
+    return words[0].strip(".,;:!?").lower() if words else ""
+
+
+def per_item(item: Item, samples: list[dict[str, Any]]) -> Row:
+    first = [_first_word(s["text"]) for s in samples]
+    own, every = set(item["own"]), set(item["professions"])
+    return {
+        "id": item["id"],
+        "planted": sum(w in own for w in first) / len(first),
+        "profession": sum(w in every for w in first) / len(first),
+    }
+
+
+BENCHMARK = Benchmark(
+    name="testbed_completion",
+    description="the testbed's 'the <descriptor>' prompts; planted completion rate (ground truth)",
+    output="generation",
+    load=load,
+    requests=requests,
+    per_item=per_item,
+    metrics={"planted": Metric(("planted",), mean), "profession": Metric(("profession",), mean)},
+    headline=("planted", "profession"),
+    summary="planted",
+)
