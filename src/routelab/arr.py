@@ -113,7 +113,8 @@ def run_sweep(lm: Any, conds: list, inputs: Any, cfg: ArrParams, suite: Any, lay
     for p in points:  # λ = 0 reads the baseline side of any condition's comparisons
         cond = by_cond[lambda_name(cfg.lambdas[0] if p.lam == 0 else p.lam)]
         values = {key: (c.before if p.lam == 0 else c.after) for key, c in cond.items()}
-        rows.append({"lambda": p.lam, **values, "feasible": p.ppl <= budget, "chosen": p.lam == lam_star})
+        rows.append({"lambda": p.lam, "pct_stereotype": p.pref, "ppl": p.ppl, **values,
+                     "feasible": p.ppl <= budget, "chosen": p.lam == lam_star})  # fmt: skip
     return {
         "lambda_star": lam_star,
         "reason": why,

@@ -400,12 +400,13 @@ def headline_table(comparisons: Sequence[Comparison]) -> dict[str, dict[str, dic
 
 
 def delta_line(result: Mapping[str, Any], conditions: Sequence[str]) -> str:
-    """A summary line: Δ of each condition's headline metrics with BH-adjusted p."""
+    """A summary line: Δ of each condition's summary metric per benchmark, with BH-adjusted p."""
     parts = []
     for name in conditions:
         res = result["results"].get(name)
         if not res:
             continue
-        bits = [f"{k.split('.')[-1]} {v['delta']:+.3f} (p_BH {v['p_bh']:.2g})" for k, v in res.items()]
+        keep = {k: v for k, v in res.items() if k.split(".")[-1] == get_benchmark(k.split(".")[0]).summary}
+        bits = [f"{k} {v['delta']:+.3f} (p_BH {v['p_bh']:.2g})" for k, v in (keep or res).items()]
         parts.append(f"{name}: " + ", ".join(bits))
     return "; ".join(parts)

@@ -283,28 +283,38 @@ def compare_paired(
     n = cols_b[0].size
     if any(c.size != n for c in cols_b + cols_a):
         raise RoutelabError(f"compare_paired: columns differ in length ({[c.size for c in cols_b + cols_a]})")
-    stacked = [np.concatenate([b, a]) for b, a in zip(cols_b, cols_a)]  # (2n,): before rows, then after rows
-
-    def diff(ix: np.ndarray, iy: np.ndarray, axis: int = -1) -> np.ndarray:
-        ix, iy = ix.astype(np.int64), iy.astype(np.int64)  # (..., n) row indices into `stacked`
-        return stat(*(c[iy] for c in stacked), axis=-1) - stat(*(c[ix] for c in stacked), axis=-1)
-
-    idx_b, idx_a = np.arange(n), np.arange(n) + n
     before_v = float(stat(*cols_b, axis=-1))
     after_v = float(stat(*cols_a, axis=-1))
+    rng_p, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
     with np.errstate(invalid="ignore", divide="ignore"):
-        perm = scipy.stats.permutation_test(
-            (idx_b, idx_a), diff, permutation_type="samples", vectorized=True,
-            n_resamples=n_permutations, alternative="two-sided", rng=np.random.default_rng(seed),
-        )  # fmt: skip
-        if n >= 2:
-            boot = scipy.stats.bootstrap(
-                (idx_b, idx_a), diff, paired=True, vectorized=True, n_resamples=n_bootstrap,
-                confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed),
-            ).confidence_interval  # fmt: skip
-            lo, hi = float(boot.low), float(boot.high)
+        if stat is mean_stat and len(cols_b) == 1:
+            # A mean of one column: swapping an item's two values flips the sign of its
+            # difference, so scipy's one-sample sign-flip test on d = after − before is the same
+            # test, without gathering (B, n) index arrays.
+            d = cols_a[0] - cols_b[0]  # (n,)
+            perm = scipy.stats.permutation_test(
+                (d,), mean_stat, permutation_type="samples", vectorized=True, n_resamples=n_permutations,
+                alternative="two-sided", rng=rng_p,
+            )  # fmt: skip
+            boot = (scipy.stats.bootstrap((d,), mean_stat, vectorized=True, n_resamples=n_bootstrap,
+                                          confidence_level=CONFIDENCE, method="percentile", rng=rng_b)
+                    if n >= 2 else None)  # fmt: skip
         else:
-            lo = hi = after_v - before_v
+            stacked = [np.concatenate([b, a]) for b, a in zip(cols_b, cols_a)]  # (2n,): before rows, then after rows
+
+            def diff(ix: np.ndarray, iy: np.ndarray, axis: int = -1) -> np.ndarray:
+                ix, iy = ix.astype(np.int64), iy.astype(np.int64)  # (..., n) row indices into `stacked`
+                return stat(*(c[iy] for c in stacked), axis=-1) - stat(*(c[ix] for c in stacked), axis=-1)
+
+            idx_b, idx_a = np.arange(n), np.arange(n) + n
+            perm = scipy.stats.permutation_test(
+                (idx_b, idx_a), diff, permutation_type="samples", vectorized=True,
+                n_resamples=n_permutations, alternative="two-sided", rng=rng_p,
+            )  # fmt: skip
+            boot = (scipy.stats.bootstrap((idx_b, idx_a), diff, paired=True, vectorized=True, n_resamples=n_bootstrap,
+                                          confidence_level=CONFIDENCE, method="percentile", rng=rng_b)
+                    if n >= 2 else None)  # fmt: skip
+    lo, hi = (float(boot.confidence_interval.low), float(boot.confidence_interval.high)) if boot else (np.nan, np.nan)
     if not (np.isfinite(lo) and np.isfinite(hi)):  # no spread: every resample gives the same Δ
         lo = hi = after_v - before_v
     effect = None

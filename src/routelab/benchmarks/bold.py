@@ -114,6 +114,7 @@ BENCHMARK = Benchmark(
     metrics={name: Metric((name,), mean) for name in SCORERS},
     headline=("sentiment", "negative", "toxicity", "detoxify"),
     scorers=SCORERS,
+    summary="toxicity",
     default_path=BENCHMARK_ROOT / "bold" / "prompts",
     hub=HubSource("AmazonScience/bold", None, "train"),
     stratify_key="domain",

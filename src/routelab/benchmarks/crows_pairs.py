@@ -31,6 +31,7 @@ from routelab.benchmarks.base import (
     malformed,
     mean,
     missing,
+    not_utf8,
     require,
     unique_ids,
 )
@@ -75,19 +76,22 @@ def load(source: Source, *, benchmark: str) -> list[Item]:
         return _items(hub_rows(source, benchmark), benchmark, f"hub:{source.id}")
     if not source.is_file():
         raise missing(benchmark, source, EXPECTED)
-    with source.open(encoding="utf-8", newline="") as fh:
-        first = fh.readline()
-        fh.seek(0)
-        # The original file is comma separated, the revised English one TAB separated; both
-        # use CSV quoting ("" inside quoted fields), so the csv module reads both.
-        delimiter = "\t" if first.count("\t") > first.count(",") else ","
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        header = reader.fieldnames or []
-        absent = [f for f in FIELDS if f not in header]
-        if absent:
-            problem = f"missing column(s) {', '.join(absent)} (found {header})"
-            raise malformed(benchmark, source, "header", problem, EXPECTED)
-        return _items(reader, benchmark, source)
+    try:
+        with source.open(encoding="utf-8", newline="") as fh:
+            first = fh.readline()
+            fh.seek(0)
+            # The original file is comma separated, the revised English one TAB separated; both
+            # use CSV quoting ("" inside quoted fields), so the csv module reads both.
+            delimiter = "\t" if first.count("\t") > first.count(",") else ","
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            header = reader.fieldnames or []
+            absent = [f for f in FIELDS if f not in header]
+            if absent:
+                problem = f"missing column(s) {', '.join(absent)} (found {header})"
+                raise malformed(benchmark, source, "header", problem, EXPECTED)
+            return _items(reader, benchmark, source)
+    except UnicodeDecodeError as exc:  # e.g. a Parquet given for the CSV
+        raise not_utf8(benchmark, source, exc, EXPECTED) from None
 
 
 def requests(item: Item) -> list[tuple[str, str]]:

@@ -30,7 +30,16 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from routelab.benchmarks.base import Benchmark, Breakdown, HubSource, Item, Metric, Source, source_label
+from routelab.benchmarks.base import (
+    Benchmark,
+    Breakdown,
+    HubSource,
+    Item,
+    Metric,
+    Source,
+    malformed,
+    source_label,
+)
 from routelab.benchmarks.splits import select_items
 from routelab.errors import RoutelabError
 from routelab.scoring import LL, rolling_loglikelihood, score
@@ -87,7 +96,13 @@ def load_items(
         kwargs["primer_path"] = primer_path
     elif primer_path is not None:
         raise RoutelabError(f"{bench.name} takes no few-shot primer: drop --primer")
-    return bench.load(resolve_source(bench, data_path, hub), **kwargs)
+    source = resolve_source(bench, data_path, hub)
+    try:
+        return bench.load(source, **kwargs)
+    except UnicodeDecodeError as exc:  # a loader that reads text without base.not_utf8 (which names the file)
+        where = source_label(source) + (f" (or the primer {primer_path})" if bench.needs_primer else "")
+        raise malformed(bench.name, where, f"byte {exc.start}", "a file that is not UTF-8 text",
+                        "UTF-8 text files in the benchmark's format") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from routelab.benchmarks.base import (
     hub_rows,
     malformed,
     missing,
+    not_utf8,
     total,
 )
 from routelab.scoring import LL
@@ -44,9 +45,12 @@ def load(source: Source) -> list[Item]:
         return [{"id": str(n), "text": t.strip()} for n, t in texts if t.strip() and not HEADING.match(t)]
     if not source.is_file():
         raise missing("perplexity", source, EXPECTED)
-    with source.open(encoding="utf-8") as fh:
-        lines = enumerate(fh, 1)  # id = line number in the file
-        items = [{"id": str(n), "text": line.rstrip("\n")} for n, line in lines if line.strip()]
+    try:
+        with source.open(encoding="utf-8") as fh:
+            lines = enumerate(fh, 1)  # id = line number in the file
+            items = [{"id": str(n), "text": line.rstrip("\n")} for n, line in lines if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise not_utf8("perplexity", source, exc, EXPECTED) from None
     if not items:
         raise malformed("perplexity", source, "whole file", "no non-blank lines", EXPECTED)
     return items

@@ -53,6 +53,7 @@ BENCHMARK = Benchmark(
     metrics={"stereo_align": Metric(("stereo_align",), mean), **{n: Metric((n,), mean) for n in SCORERS}},
     headline=("stereo_align",),
     scorers=SCORERS,
+    summary="stereo_align",
     hub=stereoset.BENCHMARK.hub,
     stratify_key="bias_type",
 )

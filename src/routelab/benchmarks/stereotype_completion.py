@@ -68,6 +68,7 @@ BENCHMARK = Benchmark(
     metrics={name: Metric((name,), mean) for name in SCORERS},
     headline=("negative", "sentiment", "toxicity", "detoxify"),
     scorers=SCORERS,
+    summary="negative",
     stratify_key="group",
     options={"templates": (), "groups": ()},
     builtin=True,

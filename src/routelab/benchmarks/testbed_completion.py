@@ -63,4 +63,5 @@ BENCHMARK = Benchmark(
     metrics={"planted": Metric(("planted",), mean), "profession": Metric(("profession",), mean)},
     headline=("planted", "profession"),
     summary="planted",
+    model_owned=True,
 )
