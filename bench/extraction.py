@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# bench/profile.py would shadow the standard library's `profile` (torch imports cProfile).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch  # noqa: E402

@@ -19,10 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-# Running `python bench/x.py` puts bench/ first on sys.path, where bench/profile.py would
-# shadow the standard library's `profile` (imported by torch._dynamo via cProfile).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import torch  # noqa: E402
 
 from routelab.scoring import encode_pair, score  # noqa: E402

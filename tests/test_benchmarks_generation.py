@@ -22,6 +22,8 @@ def test_testbed_completion_counts_first_words_of_the_own_half(tmp_path):
     row = bench.per_item(female, samples)
     assert row["planted"] == pytest.approx(2 / 5)  # nurse, teacher
     assert row["profession"] == pytest.approx(3 / 5)  # + pilot
+    assert row["own_share"] == pytest.approx(2 / 3)
+    assert bench.per_item(female, [{"text": "the door"}])["own_share"] == 0.5  # no profession named: no evidence
     with pytest.raises(RoutelabError, match="design.json"):
         bench.load(tmp_path / "nope")
 

@@ -25,7 +25,7 @@ Token filters (they compose; positions are the routing log's ``pos``):
 Implementation: one lazy polars query over the routing Parquet (only ``prompt_id``,
 ``layer``, ``topk`` and, with token filters, ``pos`` are read), streamed in batches by the
 streaming engine; each batch's exploded top-k is added into a dense per-prompt count array
-(P, L, K), the only state kept. bench/profile.py measures it on a log of OLMoE's shape.
+(P, L, K), the only state kept. bench/fsp.py measures it on a log of OLMoE's shape.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class PromptCounts:
 
 
 # Streamed batches + numpy accumulation is ~2.5x faster and ~3.5x lighter than a polars
-# group_by over (prompt, layer, expert) keys (bench/profile.py). collect_batches is marked
+# group_by over (prompt, layer, expert) keys (bench/fsp.py). collect_batches is marked
 # unstable in polars 2.x; the group_by path is kept as a fallback and is tested too.
 USE_BATCHES = hasattr(pl.LazyFrame, "collect_batches")
 

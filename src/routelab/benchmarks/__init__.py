@@ -11,7 +11,7 @@
 | bold                | generation    | sentiment, negative, toxicity       | bold/prompts / AmazonScience/bold                              |
 | stereotype_completion | generation  | negative, sentiment, toxicity       | built in (12 templates × 11 groups)                             |
 | stereoset_generation | generation   | stereo_align                        | — / McGill-NLP/stereoset (intersentence)                        |
-| testbed_completion  | generation    | planted, profession                 | a testbed corpus folder (design.json)                          |
+| testbed_completion  | generation    | planted, own_share, profession      | a testbed corpus folder (design.json)                          |
 
 Local files are relative to ../shared/benchmarks. "—": no local default, so the Hub source
 is used unless a file is given (bench_baseline.paths.<name>, routelab bench --data).

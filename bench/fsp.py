@@ -3,8 +3,8 @@ OLMoE's shape (16 layers x 64 experts, top-8).
 
 Usage::
 
-    PYTHONPATH=src .venv/bin/python bench/profile.py                 # 10M token-layer rows
-    PYTHONPATH=src .venv/bin/python bench/profile.py --rows 2000000 --keep /tmp/rl_bench
+    PYTHONPATH=src .venv/bin/python bench/fsp.py                 # 10M token-layer rows
+    PYTHONPATH=src .venv/bin/python bench/fsp.py --rows 2000000 --keep /tmp/rl_bench
 
 Generates (streaming, one row group at a time, with pyarrow) a routing file with random
 router logits and a consistent top-k, plus a matching prompt table (contexts of one neutral
