@@ -7,8 +7,7 @@ Usage: python -m stages.aals --model diffuse --profile data/profiles/diffuse.par
 
 from routelab import aals, plots
 from routelab.config import section
-from routelab.interventions import load_suite, stage_inputs
-from routelab.io import write_json
+from routelab.interventions import load_suite, stage_inputs, write_stage_outputs
 from routelab.models import load_model
 from routelab.stage import run_stage, stage_args
 
@@ -21,7 +20,7 @@ def main() -> str:
                        splits_dir=args.splits, baseline_dir=args.baseline)  # fmt: skip
     conds = aals.conditions(inputs, cfg)  # bad input fails here, before the model loads
     result = aals.run(load_model(inputs.spec), conds, inputs, cfg, suite, args.out)
-    write_json(args.metrics, result)
+    write_stage_outputs(result, args.metrics, args.out)
     plots.aals_ratios(result, args.plots, title=args.model)
     return f"aals[{args.model}]: R(l) ranks layers {result['ranking']}; selected {result['selected']}"
 

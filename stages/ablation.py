@@ -11,8 +11,7 @@ from pathlib import Path
 
 from routelab import ablation, plots
 from routelab.config import section
-from routelab.interventions import delta_line, load_suite, stage_inputs
-from routelab.io import write_json
+from routelab.interventions import delta_line, load_suite, stage_inputs, write_stage_outputs
 from routelab.models import load_model
 from routelab.stage import run_stage, stage_args
 
@@ -26,8 +25,8 @@ def main() -> str:
                        splits_dir=args.splits, baseline_dir=args.baseline)  # fmt: skip
     conds = ablation.conditions(inputs, cfg, layers)
     result = ablation.run(load_model(inputs.spec), conds, inputs, cfg, suite, layers, args.out)
-    write_json(args.metrics, result)
-    plots.condition_deltas(result, args.plots, "ablation", title=f"{args.model}: synthetic ablation (λ = {cfg.lam:g})")
+    records = write_stage_outputs(result, args.metrics, args.out)
+    plots.condition_deltas(records, args.plots, "ablation", title=f"{args.model}: synthetic ablation (λ = {cfg.lam:g})")
     return f"ablation[{args.model}]: {result['n_conditions']} conditions on layers {layers}; " + delta_line(
         result, ["flatten", "random_phi", "inverted", "power_1"])
 

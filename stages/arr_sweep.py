@@ -11,8 +11,7 @@ from pathlib import Path
 
 from routelab import arr, plots
 from routelab.config import section
-from routelab.interventions import load_suite, stage_inputs
-from routelab.io import write_json
+from routelab.interventions import load_suite, stage_inputs, write_stage_outputs
 from routelab.models import load_model
 from routelab.stage import run_stage, stage_args
 
@@ -26,7 +25,7 @@ def main() -> str:
                        splits_dir=args.splits, baseline_dir=args.baseline)  # fmt: skip
     conds = arr.sweep_conditions(inputs, cfg, layers)
     result = arr.run_sweep(load_model(inputs.spec), conds, inputs, cfg, suite, layers, args.out)
-    write_json(args.metrics, result)
+    write_stage_outputs(result, args.metrics, args.out)
     plots.arr_frontier(result, args.plots, title=args.model)
     return f"arr_sweep[{args.model}]: λ* = {result['lambda_star']:g} on layers {layers} ({result['reason']})"
 

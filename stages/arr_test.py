@@ -11,8 +11,7 @@ from pathlib import Path
 
 from routelab import arr
 from routelab.conditions import build
-from routelab.interventions import load_suite, stage_inputs
-from routelab.io import write_json
+from routelab.interventions import load_suite, stage_inputs, write_stage_outputs
 from routelab.models import load_model
 from routelab.stage import run_stage, stage_args
 
@@ -26,7 +25,7 @@ def main() -> str:
     lam_star, layers = sweep["lambda_star"], sweep["layers"]
     cond = build("arr", inputs.context(layers, inputs.stats.seed), lam=lam_star)
     result = arr.run_test(load_model(inputs.spec), cond, inputs, lam_star, layers, suite, args.out)
-    write_json(args.metrics, result)
+    write_stage_outputs(result, args.metrics, args.out)
     shown = ", ".join(f"{k} {v['before']:.3f}→{v['after']:.3f} (p_BH {v['p_bh']:.3g})" for k, v in result["results"].items())
     return f"arr_test[{args.model}]: λ* = {result['lambda_star']:g}, layers {result['layers']}: {shown}"
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from routelab import baselines, plots
 from routelab.config import section
-from routelab.interventions import delta_line, load_suite, stage_inputs
-from routelab.io import write_json
+from routelab.interventions import delta_line, load_suite, stage_inputs, write_stage_outputs
 from routelab.models import load_model
 from routelab.stage import run_stage, stage_args
 
@@ -29,8 +28,8 @@ def main() -> str:
                        splits_dir=args.splits, baseline_dir=args.baseline)  # fmt: skip
     conds = baselines.conditions(inputs, cfg, layers, lam_star, args.safex)
     result = baselines.run(load_model(inputs.spec), conds, inputs, suite, layers, lam_star, args.out)
-    write_json(args.metrics, result)
-    plots.condition_deltas(result, args.plots, "baselines", title=f"{args.model}: baselines at λ* = {lam_star:g}")
+    records = write_stage_outputs(result, args.metrics, args.out)
+    plots.condition_deltas(records, args.plots, "baselines", title=f"{args.model}: baselines at λ* = {lam_star:g}")
     return f"baselines[{args.model}] at λ* = {lam_star:g}: " + delta_line(
         result, ["fsp", "safex", "random_selection", "prompt_prefix"])
 

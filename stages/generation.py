@@ -17,8 +17,14 @@ from routelab import generation
 from routelab.baselines import BaselinesParams
 from routelab.conditions import build
 from routelab.config import section
-from routelab.interventions import comparison_records, headline_table, stage_inputs, write_condition_tables
-from routelab.io import write_json, write_parquet
+from routelab.interventions import (
+    comparison_records,
+    headline_table,
+    stage_inputs,
+    write_condition_tables,
+    write_stage_outputs,
+)
+from routelab.io import write_parquet
 from routelab.masking import MaskingParams
 from routelab.models import load_model
 from routelab.scorers import usable_scorers
@@ -61,7 +67,7 @@ def main() -> str:
         "results": headline_table(comps),
         "comparisons": comparison_records(comps),
     }
-    write_json(args.metrics, result)
+    write_stage_outputs(result, args.metrics, args.out)
     sig = [f"{c.condition}/{c.benchmark}.{c.metric} {c.delta:+.3f}" for c in comps if c.p_bh is not None and c.p_bh < inputs.stats.alpha]
     return (f"generation[{args.model}]: {len(table)} continuations, {len(comps)} comparisons; "
             f"significant after BH: {', '.join(sig) or 'none'}")  # fmt: skip

@@ -7,8 +7,7 @@ Usage: python -m stages.masking --model diffuse --profile data/profiles/diffuse.
 
 from routelab import masking, plots
 from routelab.config import section
-from routelab.interventions import delta_line, load_suite, stage_inputs
-from routelab.io import write_json
+from routelab.interventions import delta_line, load_suite, stage_inputs, write_stage_outputs
 from routelab.models import load_model
 from routelab.stage import run_stage, stage_args
 
@@ -21,8 +20,8 @@ def main() -> str:
                        splits_dir=args.splits, baseline_dir=args.baseline)  # fmt: skip
     conds = masking.conditions(inputs, cfg)  # a masking.n too large fails here, before the model loads
     result = masking.run(load_model(inputs.spec), conds, inputs, cfg, suite, args.out)
-    write_json(args.metrics, result)
-    plots.condition_deltas(result, args.plots, "masking", title=f"{args.model}: group masking (n = {cfg.n})")
+    records = write_stage_outputs(result, args.metrics, args.out)
+    plots.condition_deltas(records, args.plots, "masking", title=f"{args.model}: group masking (n = {cfg.n})")
     return f"masking[{args.model}]: " + delta_line(result, ["mask_top", "mask_bottom", "mask_random"])
 
 

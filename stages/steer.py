@@ -10,8 +10,7 @@ Writes <out>/pairs_routing.parquet (the pairs' routing log), <out>/delta.parquet
 
 from routelab import steer
 from routelab.config import section
-from routelab.interventions import delta_line, load_suite, stage_inputs
-from routelab.io import write_json
+from routelab.interventions import delta_line, load_suite, stage_inputs, write_stage_outputs
 from routelab.models import load_model
 from routelab.stage import run_stage, stage_args
 
@@ -24,7 +23,7 @@ def main() -> str:
     suite = load_suite(inputs.bench, inputs.spec, inputs.bench.benchmarks, "test",
                        splits_dir=args.splits, baseline_dir=args.baseline)  # fmt: skip
     result = steer.run(load_model(inputs.spec), inputs, cfg, pairs, suite, args.out)
-    write_json(args.metrics, result)
+    write_stage_outputs(result, args.metrics, args.out)
     return (f"steer[{args.model}]: {cfg.behaviour}, {result['n_pairs']} pairs; deactivated "
             f"{result['selected']['deactivate']}, activated {result['selected']['activate']}; "
             + delta_line(result, ["steer"]))  # fmt: skip

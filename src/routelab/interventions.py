@@ -45,7 +45,7 @@ from routelab.benchmarks.splits import select_items
 from routelab.conditions import Condition
 from routelab.errors import RoutelabError
 from routelab.evaluate import BenchParams, item_table_path, load_benchmarks
-from routelab.io import write_parquet
+from routelab.io import write_json, write_parquet
 from routelab.models import LoadedModel, ModelSpec
 from routelab.routing import attach
 from routelab.scoring import LL, encode_pair, prefix_token_id, rolling_windows, score_tokens
@@ -389,14 +389,26 @@ def run_and_compare(
 
 
 def headline_table(comparisons: Sequence[Comparison]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{condition: {"<benchmark>.<metric>": {before, after, delta, p, p_bh, ci95}}} for metrics files."""
+    """{condition: {"<benchmark>.<metric>": {before, after, delta, p_bh}}} of each benchmark's summary
+    metric: the few numbers `dvc metrics diff` shows (every metric is in <out>/comparisons.json)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for c in comparisons:
+        if c.metric != get_benchmark(c.benchmark).summary:
+            continue
         out.setdefault(c.condition, {})[f"{c.benchmark}.{c.metric}"] = {
-            "before": c.before, "after": c.after, "delta": c.delta, "p": c.p, "p_bh": c.p_bh,
-            "ci95": [c.ci_low, c.ci_high],
+            "before": c.before, "after": c.after, "delta": c.delta, "p_bh": c.p_bh,
         }  # fmt: skip
     return out
+
+
+def write_stage_outputs(result: dict[str, Any], metrics_path: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Write a stage's metrics (without its full comparison records) and <out>/comparisons.json
+    (every comparison record: condition, benchmark, metric, before, after, Δ, p, p_BH, CI, effect,
+    n, seed); returns the records."""
+    records = result.pop("comparisons")
+    write_json(Path(out_dir) / "comparisons.json", records)
+    write_json(metrics_path, result)
+    return records
 
 
 def delta_line(result: Mapping[str, Any], conditions: Sequence[str]) -> str:
@@ -406,7 +418,6 @@ def delta_line(result: Mapping[str, Any], conditions: Sequence[str]) -> str:
         res = result["results"].get(name)
         if not res:
             continue
-        keep = {k: v for k, v in res.items() if k.split(".")[-1] == get_benchmark(k.split(".")[0]).summary}
-        bits = [f"{k} {v['delta']:+.3f} (p_BH {v['p_bh']:.2g})" for k, v in (keep or res).items()]
+        bits = [f"{k} {v['delta']:+.3f} (p_BH {v['p_bh']:.2g})" for k, v in res.items()]
         parts.append(f"{name}: " + ", ".join(bits))
     return "; ".join(parts)

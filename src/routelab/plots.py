@@ -185,10 +185,12 @@ def arr_frontier(result: dict, out_dir: str | Path, title: str = "") -> Path:
     return _save(fig, out / "frontier.png")
 
 
-def condition_deltas(result: dict, out_dir: str | Path, name: str, title: str = "") -> Path:
-    """Δ of each condition's headline metrics with 95 % CIs (one panel per metric); <name>.png/.csv."""
+def condition_deltas(records: list[dict], out_dir: str | Path, name: str, title: str = "") -> Path:
+    """Δ of each condition's metrics with 95 % CIs (one panel per metric); <name>.png/.csv.
+
+    ``records``: a stage's comparison records (interventions.comparison_records)."""
     out = Path(out_dir)
-    recs = [r for r in result["comparisons"]]
+    recs = list(records)
     df = pl.DataFrame(recs)
     _write_csv(df, out / f"{name}.csv")
     metrics = list(dict.fromkeys(f"{r['benchmark']}.{r['metric']}" for r in recs))
