@@ -14,8 +14,9 @@ from routelab.models import load_model, model_spec
 from routelab.stage import run_stage, stage_args
 
 
-def main() -> None:
-    args = stage_args(__doc__, "--model", "--out", "--splits", "--metrics")
+def main() -> str:
+    args = stage_args(__doc__, "--model", "--out", "--splits", "--metrics", outputs=("--metrics",),
+                      output_dirs=("--out", "--splits"))
     params = load_params(args.params)
     cfg = section(BenchParams, params.get("bench_baseline"), "bench_baseline")
     spec = model_spec(params, args.model)
@@ -23,8 +24,8 @@ def main() -> None:
     lm = load_model(spec)
     results = evaluate(lm, cfg, items, args.out, args.splits, write_splits=True)
     write_json(args.metrics, results)
-    print(f"bench_baseline[{args.model}]: {len(results)} benchmarks; test split: {headline(results)}")
+    return f"bench_baseline[{args.model}]: {len(results)} benchmarks; test split: {headline(results)}"
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "bench_baseline")

@@ -15,12 +15,12 @@ from routelab.models import model_spec
 from routelab.stage import run_stage, stage_args
 
 
-def main() -> None:
-    args = stage_args(__doc__, "--model", "--out")
+def main() -> str:
+    args = stage_args(__doc__, "--model", "--out", output_dirs=("--out",))
     spec = model_spec(load_params(args.params), args.model)
     write_text(f"{args.out}/routelab_ref.json", json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
-    print(f"hub_model[{args.model}]: {spec.path} (revision {spec.revision or 'main'}) pinned in {args.out}")
+    return f"hub_model[{args.model}]: {spec.path} (revision {spec.revision or 'main'}) pinned in {args.out}"
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "hub_model")

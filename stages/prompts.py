@@ -17,8 +17,8 @@ from routelab.stage import run_stage, stage_args
 from routelab.testbed import load_vocabulary
 
 
-def main() -> None:
-    args = stage_args(__doc__, "--model", "--out", "--metrics")
+def main() -> str:
+    args = stage_args(__doc__, "--model", "--out", "--metrics", outputs=("--out", "--metrics"))
     params = load_params(args.params)
     cfg = section(PromptsParams, params.get("prompts"), "prompts")
     spec = model_spec(params, args.model)
@@ -29,10 +29,10 @@ def main() -> None:
     write_parquet(df, args.out)
     s = summary(df)
     write_json(args.metrics, s)
-    print(f"prompts[{args.model}]: {s['n_neutral']} neutral + {s['n_demographic']} demographic prompts "
-          f"over {s['n_groups']} groups, {s['n_contexts']} contexts "
-          f"({s['n_validation']} validation / {s['n_test']} test) → {args.out}")
+    return (f"prompts[{args.model}]: {s['n_neutral']} neutral + {s['n_demographic']} demographic prompts "
+            f"over {s['n_groups']} groups, {s['n_contexts']} contexts "
+            f"({s['n_validation']} validation / {s['n_test']} test) → {args.out}")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "prompts")

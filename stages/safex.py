@@ -13,15 +13,15 @@ from routelab.safex import SafexParams, safex_fairness
 from routelab.stage import run_stage, stage_args
 
 
-def main() -> None:
+def main() -> str:
     args = stage_args(__doc__, "--model", "--routing", "--prompts", "--out", "--metrics")
     cfg = section(SafexParams, load_params(args.params).get("safex"), "safex")
     selection, summary = safex_fairness(args.routing, args.prompts, cfg)
     write_parquet(selection, args.out)
     write_json(args.metrics, summary)
-    print(f"safex[{args.model}]: {summary['safex_selected']} experts in the top {summary['top_n']} of their "
-          f"layer in all {cfg.n_resamples} resamples: {', '.join(summary['selected_experts']) or 'none'}")
+    return (f"safex[{args.model}]: {summary['safex_selected']} experts in the top {summary['top_n']} of their "
+            f"layer in all {cfg.n_resamples} resamples: {', '.join(summary['selected_experts']) or 'none'}")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "safex")

@@ -1,0 +1,70 @@
+"""The report: tables filled from metrics files, a self-contained HTML page checked in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from routelab.errors import RoutelabError
+from routelab.report import build_report, check_html, render_html, write_report
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d4944415478da63f8cfc0f01f0005000201e2219bc00000000049454e44ae426082"
+)
+
+
+def _fake(tmp_path: Path) -> tuple[Path, Path]:
+    metrics, plots = tmp_path / "metrics", tmp_path / "plots" / "models"
+    res = {"crows_pairs.pct_stereotype": {"before": 0.8, "after": 0.6, "delta": -0.2, "p_bh": 0.001},
+           "truthfulqa.mc1": {"before": 0.7, "after": 0.68, "delta": -0.02, "p_bh": 0.4}}
+    (metrics / "a").mkdir(parents=True)
+    (metrics / "a" / "arr_test.json").write_text(json.dumps({"lambda_star": 2.0, "layers": [1], "results": res}))
+    (metrics / "a" / "masking.json").write_text(json.dumps({"results": {"mask_top": res}}))
+    for rel in ("profile/phi_heatmap.png", "aals/r_by_layer.png"):
+        (plots / "a" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (plots / "a" / rel).write_bytes(PNG)
+    return metrics, plots
+
+
+def test_tables_are_filled_from_the_metrics_and_missing_stages_show_dashes(tmp_path):
+    metrics, plots = _fake(tmp_path)
+    sections = build_report(["a", "b"], metrics, plots)
+    t6 = next(s for s in sections if s.title.startswith("Table 6")).blocks[0]
+    assert t6.rows == [["a", "2.00", "[1]", "**0.800 → 0.600 (Δ -0.200, p_BH 0.001)**", "0.700 → 0.680 (Δ -0.020, p_BH 0.400)", "—"]]
+    masking = next(s for s in sections if s.title.startswith("Table 2")).blocks[0]
+    assert masking.rows == [["a", "top-n φ", "**-0.200 (0.001)**", "-0.020 (0.400)", "—"]]
+    md, page = write_report(sections, tmp_path / "report")
+    text = md.read_text()
+    assert "| a | 2.00 | [1] |" in text and "](../plots/models/a/profile/phi_heatmap.png)" in text
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 2 and "http" not in html.replace("http-equiv", "")
+
+
+@pytest.fixture
+def chromium():
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail("Chromium is needed for the report check: apt-get install chromium (see the README set-up)")
+    return exe
+
+
+def test_the_page_renders_offline_with_every_image(tmp_path, chromium):
+    metrics, plots = _fake(tmp_path)
+    _, page = write_report(build_report(["a"], metrics, plots), tmp_path / "report")
+    seen = check_html(page, tmp_path / "shot.png", chromium)
+    assert seen["images"] == 2 and seen["tables"] >= 2 and (tmp_path / "shot.png").stat().st_size > 1000
+
+
+def test_the_check_fails_on_an_external_request_and_on_a_broken_image(tmp_path, chromium):
+    bad = tmp_path / "bad.html"
+    bad.write_text(render_html([], "x").replace("</body>", '<img alt="remote" src="http://example.invalid/a.png"></body>'))
+    with pytest.raises(RoutelabError, match="requested .*example.invalid"):
+        check_html(bad, tmp_path / "s.png", chromium)
+    broken = tmp_path / "broken.html"
+    broken.write_text(render_html([], "x").replace("</body>", '<img alt="gone" src="missing.png"></body>'))
+    with pytest.raises(RoutelabError, match="did not load"):
+        check_html(broken, tmp_path / "s.png", chromium)
