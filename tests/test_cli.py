@@ -1,6 +1,7 @@
 """The `routelab bench` command on a saved tiny model and a slice of the real CrowS-Pairs file,
-and the order of failures without the Hub: benchmark inputs are read before any model loads,
-in `routelab bench` and in the bench_baseline stage.
+the order of failures without the Hub (benchmark inputs are read before any model loads, in
+`routelab bench` and in the bench_baseline stage), the help texts, bench's default data found
+from any folder, both outputs or neither, and p-values in summary lines.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 import tiny_models as tm
+from routelab.benchmarks import get_benchmark, resolve_source
 from routelab.cli import main as cli_main
+from routelab.io import atomic_paths
+from routelab.stage import format_p
 
 ROOT = Path(__file__).resolve().parents[1]
 GHOST = "no-such-org/no-such-moe-model"  # a Hub id that does not exist
@@ -74,7 +79,63 @@ def test_stage_without_hub_fails_on_the_benchmark_before_the_model(tmp_path, sha
                         "--params", str(tmp_path / "params.yaml")], tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: perplexity: could not load Salesforce/wikitext"), res.stderr
+    assert lines[-1].startswith("stage bench_baseline: error: perplexity: could not load Salesforce/wikitext"), res.stderr
     assert "bench_baseline.paths.perplexity" in lines[-1]
     assert GHOST not in res.stderr and "cannot load the config" not in res.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_help_lists_each_command_with_its_purpose_and_an_example(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "extract   record the router logits and top-k of every MoE layer" in out
+    assert "bench     score one benchmark by log-likelihood" in out
+    assert "routelab extract --model data/models/testbed --prompts prompts.txt --out routing.parquet" in out
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("extract", ["(default: 512)", "(default: 16)", "(default: auto)", "example:"]),
+    ("bench", ["(default: 0)", "(default: 16)", "(default: auto)", "example:"]),
+])
+def test_each_command_shows_its_defaults(command, shown, capsys):
+    with pytest.raises(SystemExit):
+        cli_main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
+    for text in shown:
+        assert text in out, text
+    assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_bench_default_data_is_found_from_any_folder(monkeypatch, tmp_path, shared_dir):
+    monkeypatch.chdir(tmp_path)  # not the project root
+    source = resolve_source(get_benchmark("crows_pairs"))
+    assert source.is_absolute() and source.is_file()
+    assert source.resolve() == (shared_dir / "benchmarks/crows_pairs/crows_pairs_anonymized.csv").resolve()
+
+
+def test_outputs_are_written_together_or_not_at_all(tmp_path):
+    a, b = tmp_path / "m.json", tmp_path / "items.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_paths(a, b) as (ta, tb):
+            ta.write_text("{}")
+            raise RuntimeError("the second output fails")
+    assert sorted(tmp_path.iterdir()) == []  # neither output, no temporary file
+    with atomic_paths(a, b) as (ta, tb):
+        ta.write_text("{}")
+        tb.write_text("x")
+    assert a.read_text() == "{}" and b.read_text() == "x"
+
+
+@pytest.mark.parametrize("p, shown", [
+    (0.000999000999000999, "0.001"),  # 1/(1 + 1000): the smallest permutation p of 1,000 draws
+    (0.0234, "0.023"),
+    (0.5, "0.500"),
+    (9.999000099990002e-05, "0.0001"),  # 1/(1 + 10,000)
+    (4.2e-05, "4.2e-05"),
+    (None, "n/a"),
+    (float("nan"), "n/a"),
+])
+def test_p_values_in_summary_lines(p, shown):
+    assert format_p(p) == shown

@@ -1,6 +1,9 @@
-"""Routing extraction to Parquet: pads, round trip, resume, CLI, ARR recording."""
+"""Routing extraction to Parquet: pads, round trip, resume, CLI, ARR recording, what is refused
+before <out>.parts/ is touched (tests/test_bad_inputs.py runs the command line on bad input)."""
 
 from __future__ import annotations
+
+import json
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -14,7 +17,7 @@ from routelab.errors import RoutelabError
 from routelab.extract import extract_routing
 from routelab.tables import read_prompt_texts as read_prompts
 from routelab.models import ModelSpec, load_model
-from routelab.routing import attach
+from routelab.routing import RoutingEdit, attach
 from routelab.tables import read_routing_meta as read_meta
 
 PROMPTS = [
@@ -135,7 +138,7 @@ def test_cli_extract_plain_and_under_arr(model_dir, prompt_file, tmp_path, lm):
 def test_cli_errors_are_clean(model_dir, prompt_file, tmp_path, capsys):
     assert cli_main(["extract", "--model", str(tmp_path / "nope"), "--prompts", str(prompt_file),
                      "--out", str(tmp_path / "x.parquet")]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert f"--model {tmp_path / 'nope'}: not found" in capsys.readouterr().err
     assert cli_main(["extract", "--model", str(model_dir), "--prompts", str(prompt_file),
                      "--out", str(tmp_path / "x.parquet"), "--lam", "1"]) == 2
     assert cli_main(["extract", "--model", str(model_dir), "--prompts", str(tmp_path / "missing.txt"),
@@ -165,3 +168,56 @@ def test_shards_of_another_model_are_not_resumed(tmp_path, prompt_file):
     fresh = tmp_path / "fresh.parquet"
     extract_routing(lm1, prompts, fresh, chunk_size=2, progress=False)
     assert pl.read_parquet(out).equals(pl.read_parquet(fresh))
+
+
+def test_a_resume_with_another_batch_size_starts_afresh(lm, prompt_file, tmp_path, capsys):
+    """The batch size decides which prompts are padded together (logits differ in the last bits),
+    so it is part of the fingerprint: shards of batch size 2 are not mixed into a batch-3 file."""
+    prompts = read_prompts(prompt_file)
+    out = tmp_path / "r.parquet"
+    extract_routing(lm, prompts, out, chunk_size=2, batch_size=2, progress=False, stop_after_chunks=2)
+    summary = extract_routing(lm, prompts, out, chunk_size=2, batch_size=3, progress=False)
+    assert summary["tokens_computed"] == sum(len(lm.tokenizer(t)["input_ids"]) for _, t in prompts)
+    assert f"extract: discarded 2 finished chunks in {out}.parts" in capsys.readouterr().err
+    fresh = tmp_path / "fresh.parquet"
+    extract_routing(lm, prompts, fresh, chunk_size=2, batch_size=3, progress=False)
+    assert out.read_bytes() == fresh.read_bytes()
+
+
+def test_a_parts_folder_routelab_did_not_make_is_refused_and_kept(lm, prompt_file, tmp_path):
+    out = tmp_path / "r.parquet"
+    parts = tmp_path / "r.parquet.parts"
+    parts.mkdir()
+    (parts / "mine.txt").write_text("not routelab's")
+    with pytest.raises(RoutelabError, match="not made by routelab extract"):
+        extract_routing(lm, read_prompts(prompt_file), out, progress=False)
+    assert [f.name for f in parts.iterdir()] == ["mine.txt"] and not out.exists()
+
+
+def test_bad_edit_and_long_prompts_are_refused_before_the_parts_folder(lm, prompt_file, tmp_path):
+    out = tmp_path / "r.parquet"
+    with pytest.raises(RoutelabError, match="edit of layer 7: not an MoE layer"):
+        extract_routing(lm, read_prompts(prompt_file), out, edit=RoutingEdit.mask({7: [0]}), progress=False)
+    too_long = [("a", "the doctor is kind ."), ("b", " ".join(["the kind nurse"] * 30))]  # BOS + 90 > 64 positions
+    with pytest.raises(RoutelabError, match=r"1 prompts are longer than the model's 64 positions \(longest: prompt_id b, "
+                                            r"91 tokens\): set extract.max_length \(routelab extract: --max-length\)"):
+        extract_routing(lm, too_long, out, progress=False)
+    assert not (tmp_path / "r.parquet.parts").exists() and not out.exists()
+
+
+def test_max_length_truncates_and_counts(lm, tmp_path):
+    prompts = [("a", "the doctor is kind ."), ("b", " ".join(["the kind nurse"] * 30))]  # 6 and 91 tokens
+    out = tmp_path / "r.parquet"
+    summary = extract_routing(lm, prompts, out, max_length=6, progress=False)
+    assert summary["truncated"] == 1 and summary["tokens"] == 12
+    df = pl.read_parquet(out)
+    assert df.group_by("prompt_id").agg(pl.col("pos").max()).sort("prompt_id")["pos"].to_list() == [5, 5]
+    with pytest.raises(RoutelabError, match="a max length of 65 tokens .* use 1 to 64"):
+        extract_routing(lm, prompts, tmp_path / "x.parquet", max_length=65, progress=False)
+
+
+def test_the_manifest_records_the_fingerprint_while_shards_wait(lm, prompt_file, tmp_path):
+    out = tmp_path / "r.parquet"
+    extract_routing(lm, read_prompts(prompt_file), out, chunk_size=2, progress=False, stop_after_chunks=1)
+    manifest = json.loads((tmp_path / "r.parquet.parts" / "manifest.json").read_text())
+    assert manifest["n_prompts"] == 5 and len(manifest["fingerprint"]) == 64

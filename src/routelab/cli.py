@@ -1,131 +1,224 @@
 """The ``routelab`` command: the library's main jobs without DVC.
 
     routelab extract --model <hub-id-or-dir> --prompts <txt-or-parquet> --out <file.parquet>
-                     [--profile <profile.parquet> --lam <λ>]
+                     [--profile <profile.parquet> --lam <λ>] [--max-length N]
     routelab bench --model <hub-id-or-dir> --benchmark <name> [--data <path>] --out <metrics.json>
                    [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>]
+
+Every input and output is checked before a model loads. Exit codes: 0 done; 2 bad input (one
+line on stderr naming the input and what to do); 130 interrupted (one line saying what was kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
-from rich.console import Console
-
+# Only modules that import no torch here: `routelab --help` and bad input answer at once.
 from routelab.errors import RoutelabError
+from routelab.io import atomic_paths, check_resumable_output, check_writable, json_text
+from routelab.stage import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OneLineParser, interrupted_line
+from routelab.tables import load_profile, read_prompt_texts
 
-console = Console(stderr=True, soft_wrap=True)  # errors stay on one greppable line
+DESCRIPTION = "Record and score the routing of Mixture-of-Experts models without DVC."
+EXAMPLES = """examples:
+  routelab extract --model data/models/testbed --prompts prompts.txt --out routing.parquet
+  routelab extract --model allenai/OLMoE-1B-7B-0924 --prompts prompts.txt --out arr.parquet \\
+                   --profile data/profiles/testbed.parquet --lam 1
+  routelab bench --model data/models/testbed --benchmark crows_pairs --out crows.json --items crows.parquet
+
+Run `routelab <command> --help` for a command's options and defaults."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default where it has one (not "None"), and examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hub id or local model directory")
-    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model", required=True, help="a saved model's folder or a Hub id (owner/name)")
+    p.add_argument("--dtype", default="auto",
+                   help="float32 | bfloat16 | float16 | auto (bfloat16 on cuda, else float32)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N | mps")
     p.add_argument("--device-map", default=None, help='e.g. "auto" to shard over several GPUs')
-    p.add_argument("--trust-remote-code", action="store_true", help="needed for DeepSeekMoE-16B")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (DeepSeekMoE-16B)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
+
+
+def _arr_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--profile", default=None, help=f"φ profile Parquet (the `profile` stage's): {what} under ARR")
+    p.add_argument("--lam", type=float, default=None,
+                   help="ARR strength λ in softmax(z − λ·φ): > 0 lowers the sensitive experts, 0 changes nothing")
+    p.add_argument("--layers", type=int, nargs="*", default=None,
+                   help="MoE layers ARR edits (default: every profile layer)")
 
 
 def _spec(args):
     from routelab.models import ModelSpec
 
-    return ModelSpec(path=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+    spec = ModelSpec(path=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
                      trust_remote_code=args.trust_remote_code, batch_size=args.batch_size)
+    return spec.from_source("cli").check()  # device, dtype: before the model loads
 
 
 def _check_arr_args(args) -> None:
     if (args.profile is None) != (args.lam is None):
-        raise RoutelabError("--profile and --lam go together (ARR: softmax(z − λ·φ) before top-k)")
+        raise RoutelabError(
+            "--profile and --lam go together (ARR: softmax(z − λ·φ) before top-k); give both or neither")
+    if args.lam is not None and not math.isfinite(args.lam):
+        raise RoutelabError(f"--lam {args.lam}: λ must be a finite number, e.g. --lam 1 (0 leaves routing unchanged)")
     if args.layers is not None and not args.layers:
         raise RoutelabError("--layers needs at least one layer index (omit it to edit every profile layer)")
+    if args.profile is not None:
+        load_profile(args.profile)  # a missing or malformed profile is refused before the model loads
+    if args.lam is not None and args.lam < 0:
+        print(f"note: --lam {args.lam:g} is negative: it raises the logits of the most sensitive experts "
+              f"(z + {-args.lam:g}·φ) instead of lowering them", file=sys.stderr)
+
+
+def _check_profile_fits(args, lm) -> None:
+    """A --profile of another model (other MoE layers or expert count) is refused, naming the file."""
+    if args.profile is not None:
+        load_profile(args.profile, num_experts=lm.num_experts, layers=lm.moe_layers)
 
 
 def cmd_extract(args) -> None:
+    _check_arr_args(args)
+    check_resumable_output(args.out, "--out")
+    prompts = read_prompt_texts(args.prompts)
+    # Imported here, after the checks above: they need no torch, so bad input is refused in about
+    # half a second, not after the ~5 s that torch and transformers take to import.
     from routelab.extract import extract_routing
-    from routelab.tables import read_prompt_texts
     from routelab.models import load_model
     from routelab.routing import RoutingEdit
 
-    _check_arr_args(args)
-    prompts = read_prompt_texts(args.prompts)
-    lm = load_model(_spec(args))
+    spec = _spec(args)
     edit = RoutingEdit.arr(args.profile, args.lam, args.layers) if args.profile else None
-    summary = extract_routing(lm, prompts, args.out, edit=edit, batch_size=args.batch_size,
-                              chunk_size=args.chunk_size, model_name=args.model)
-    console.print(
-        f"extract: {summary['prompts']} prompts, {summary['tokens']} tokens × {len(lm.moe_layers)} MoE layers "
-        f"→ {args.out} ({summary['bytes'] / 1e6:.2f} MB, {summary['seconds']:.1f} s)"
-    )
+    lm = load_model(spec)
+    _check_profile_fits(args, lm)
+    summary = extract_routing(lm, prompts, args.out, edit=edit, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                              max_length=args.max_length, model_name=args.model)
+    n_cut = summary["truncated"]
+    truncated = f"; {n_cut} of {len(prompts)} prompts truncated to {args.max_length} tokens" if n_cut else ""
+    print(f"extract: {summary['prompts']} prompts, {summary['tokens']} tokens × {len(lm.moe_layers)} MoE layers "
+          f"→ {args.out} ({summary['bytes'] / 1e6:.2f} MB, {summary['seconds']:.1f} s){truncated}")
 
 
 def cmd_bench(args) -> None:
-    # Imported per command, as every command here does: `routelab --help` loads no torch/datasets.
+    _check_arr_args(args)
+    check_writable(args.out, "--out")
+    if args.items:
+        check_writable(args.items, "--items")
+        if Path(args.items).resolve() == Path(args.out).resolve():
+            raise RoutelabError(f"--items {args.items} is the --out file: give them different paths")
+    # Imported after the checks above, as in cmd_extract (the benchmarks import torch and datasets).
     from routelab.benchmarks import get_benchmark, load_items, resolve_source, run_benchmark
     from routelab.benchmarks.base import source_label
-    from routelab.io import write_json, write_parquet
     from routelab.models import load_model
     from routelab.routing import RoutingEdit, attach
 
     bench = get_benchmark(args.benchmark)  # unknown name → "Did you mean …" before loading a model
     if not bench.scored:
         raise RoutelabError(f"--benchmark {bench.name} is a {bench.output} benchmark, not scored by log-likelihood yet")
-    _check_arr_args(args)
+    spec = _spec(args)
     source = resolve_source(bench, args.data, args.hub)
     items = load_items(bench, source, primer_path=args.primer)  # a missing input fails before the model loads
-    lm = load_model(_spec(args))
     edit = RoutingEdit.arr(args.profile, args.lam, args.layers) if args.profile else None
+    lm = load_model(spec)
+    _check_profile_fits(args, lm)
     with attach(lm, edit=edit):
         metrics, rows = run_benchmark(lm.model, lm.tokenizer, bench, items=items, batch_size=args.batch_size,
                                       seed=args.seed)
     metrics["source"] = source_label(source)
     metrics["model"] = args.model
     metrics["edit"] = edit.description if edit else None
-    write_json(args.out, metrics)
-    if args.items:
-        write_parquet(rows, args.items)
+    targets = [args.out, *([args.items] if args.items else [])]
+    with atomic_paths(*targets) as tmps:  # both outputs or neither
+        tmps[0].write_text(json_text(metrics))
+        if args.items:
+            rows.write_parquet(tmps[1])
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    console.print(f"bench {bench.name}: {rows.height} items; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
-                  + f" → {args.out}", markup=False)
+    print(f"bench {bench.name}: {rows.height} items; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+          + f" → {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="routelab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("extract", help="record router logits and top-k of every MoE layer to Parquet")
+    parser = OneLineParser(prog="routelab", description=DESCRIPTION, epilog=EXAMPLES,
+                           formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="<command>",
+                                parser_class=OneLineParser)
+
+    p = sub.add_parser(
+        "extract", formatter_class=HelpFormatter,
+        help="record the router logits and top-k of every MoE layer, per token, to Parquet",
+        description="Record the router logits and top-k of every MoE layer for every real token of the\n"
+                    "prompts (one row per prompt, layer and token; schema: routelab.tables). A Ctrl-C keeps\n"
+                    "the finished chunks in <out>.parts/; running the same command again resumes from there.",
+        epilog="example:\n  routelab extract --model data/models/testbed --prompts prompts.txt --out routing.parquet",
+    )
     _model_args(p)
-    p.add_argument("--prompts", required=True, help=".txt (one prompt per line) or .parquet (prompt_id, text)")
+    p.add_argument("--prompts", required=True,
+                   help=".txt (UTF-8, one prompt per line; id = line number) or .parquet (columns prompt_id, text)")
     p.add_argument("--out", required=True, help="output .parquet")
-    p.add_argument("--profile", default=None, help="profile Parquet (layer, expert, phi): record under ARR")
-    p.add_argument("--lam", type=float, default=None, help="ARR strength λ")
-    p.add_argument("--layers", type=int, nargs="*", default=None, help="ARR layers (default: all profile layers)")
-    p.add_argument("--chunk-size", type=int, default=512, help="prompts per resumable shard")
+    _arr_args(p, "record the routing")
+    p.add_argument("--chunk-size", type=_positive_int, default=512, help="prompts per resumable shard")
+    p.add_argument("--max-length", type=_positive_int, default=None,
+                   help="truncate prompts to this many tokens (default: never; a prompt longer than the model's "
+                        "positions is an error)")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("bench", help="score one benchmark by log-likelihood (optionally under ARR)")
+    p = sub.add_parser(
+        "bench", formatter_class=HelpFormatter,
+        help="score one benchmark by log-likelihood, optionally under ARR",
+        description="Score one benchmark by log-likelihood: its metrics with bootstrap 95 % CIs to --out,\n"
+                    "and optionally one row per item to --items (written together, or neither).",
+        epilog="example:\n  routelab bench --model data/models/testbed --benchmark crows_pairs --out crows.json",
+    )
     _model_args(p)
-    p.add_argument("--benchmark", required=True, help="benchmark name, e.g. crows_pairs (an unknown name lists them all)")
+    p.add_argument("--benchmark", required=True,
+                   help="benchmark name, e.g. crows_pairs (an unknown name lists them all)")
     p.add_argument("--data", default=None,
-                   help="local file/folder in the original format (default: its ../shared copy, else the Hub)")
+                   help="local file or folder in the benchmark's original format (default: its copy in "
+                        "../shared/benchmarks beside the project, else the Hub)")
     p.add_argument("--hub", action="store_true", help="load from the Hugging Face Hub even where a local copy exists")
     p.add_argument("--primer", default=None, help="TruthfulQA QA primer file (default: the shared qa_primer.txt)")
     p.add_argument("--out", required=True, help="metrics .json")
     p.add_argument("--items", default=None, help="per-item .parquet (one row per item: its LLs and scores)")
-    p.add_argument("--profile", default=None, help="profile Parquet: score under ARR")
-    p.add_argument("--lam", type=float, default=None)
-    p.add_argument("--layers", type=int, nargs="*", default=None)
+    _arr_args(p, "score")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (0, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except RoutelabError as exc:
-        console.print(f"[bold red]routelab {args.command}: error:[/] {exc}")
-        return 2
+        # Plain print, no markup: a path in square brackets is text, not a style tag.
+        print(f"routelab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt as exc:
+        print(f"routelab {args.command}: interrupted: {interrupted_line(exc)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

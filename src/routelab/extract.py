@@ -3,9 +3,17 @@
 Memory is bounded whatever the number of prompts: prompts are processed in chunks (in
 prompt order; length-bucketed batches inside a chunk), each chunk is written as one shard
 (atomically) under ``<out>.parts/``, and at the end the shards are streamed row group by row
-group into ``<out>`` (atomically). A killed run resumes from the finished shards: no prompt
-is computed twice and no row is duplicated. A change of prompts, model or edit invalidates
-the shards (their manifest no longer matches) and the run starts afresh.
+group into ``<out>`` (atomically). A killed or interrupted run resumes from the finished
+shards: no prompt is computed twice, no row is duplicated, and the file is byte-identical to
+an uninterrupted run's. A change of prompts, model, edit, device, torch threads, chunk size or
+batch size invalidates the shards (their manifest no longer matches: the batch size changes
+which prompts are padded together and the thread count how sums are split, and so the logits
+in their last bits) and the run starts afresh.
+
+Everything that can be refused is refused before ``<out>.parts/`` is touched: prompts that
+tokenise to nothing, prompts longer than the model's positions, and the edit (checked against
+the model when it attaches). routelab.io.check_resumable_output checks the output path and
+``<out>.parts/`` before a model loads.
 """
 
 from __future__ import annotations
@@ -13,24 +21,23 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from routelab.errors import RoutelabError
-from routelab.io import atomic_path, write_text
+from routelab.io import PARTS_MANIFEST, atomic_path, parts_folder, parts_manifest, write_text
 from routelab.models import LoadedModel
+from routelab.progress import progress as progress_display
 from routelab.routing import RoutingEdit, attach
 from routelab.tables import RoutingMeta, routing_schema
-
 
 @dataclass
 class ExtractParams:
@@ -42,14 +49,13 @@ class ExtractParams:
 
 def _fingerprint(
     prompts: Sequence[tuple[str, str]], meta: RoutingMeta, lm: LoadedModel, edit: RoutingEdit | None,
-    chunk_size: int, max_length: int | None,
+    chunk_size: int, batch_size: int, max_length: int | None,
 ) -> str:
-    """What finished shards were computed from: prompts, model (weights' files), tokenizer, edit.
-
-    A resume reuses shards only when all of it matches; anything else starts afresh.
-    """
+    """What finished shards were computed from: prompts, model (weights' files), tokenizer, edit,
+    device, torch threads, chunk and batch size. A resume reuses shards only when all of it matches."""
     h = hashlib.sha256()
-    h.update(json.dumps([asdict(meta), chunk_size, max_length, lm.spec.path, lm.spec.revision]).encode())
+    h.update(json.dumps([asdict(meta), chunk_size, batch_size, max_length, lm.spec.path, lm.spec.revision,
+                         str(lm.device), torch.get_num_threads()]).encode())
     h.update(lm.model.config.to_json_string().encode())
     h.update(json.dumps(sorted(lm.tokenizer.get_vocab().items())).encode())
     model_dir = Path(lm.spec.path)
@@ -67,6 +73,46 @@ def _fingerprint(
     return h.hexdigest()
 
 
+def _check_lengths(lm: LoadedModel, prompts: Sequence[tuple[str, str]], max_length: int | None, chunk_size: int) -> int:
+    """Refuse prompts that tokenise to nothing or exceed the model's positions; return how many
+    ``max_length`` truncates. Tokenised once more per chunk later: cheap next to the forward."""
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    how = "extract.max_length (routelab extract: --max-length)"
+    if max_length is not None and (max_length < 1 or (limit is not None and max_length > limit)):
+        raise RoutelabError(
+            f"a max length of {max_length} tokens ({how}): use 1 to {limit or '∞'}, the model's positions")
+    lengths = np.concatenate([  # (N,) tokens per prompt, special tokens included
+        np.array([len(ids) for ids in lm.tokenizer([t for _, t in prompts[i : i + chunk_size]])["input_ids"]])
+        for i in range(0, len(prompts), chunk_size)
+    ])
+    empty = [prompts[i][0] for i in np.flatnonzero(lengths == 0)]
+    if empty:
+        raise RoutelabError(f"{len(empty)} prompts tokenise to nothing (prompt_id {', '.join(empty[:5])}): remove them")
+    if max_length is None and limit is not None and lengths.max() > limit:
+        n, longest = int((lengths > limit).sum()), int(lengths.argmax())
+        raise RoutelabError(
+            f"{n} prompts are longer than the model's {limit} positions (longest: prompt_id {prompts[longest][0]}, "
+            f"{lengths[longest]} tokens): set {how} to {limit} or less to truncate them, or shorten them"
+        )
+    return 0 if max_length is None else int((lengths > max_length).sum())
+
+
+def _prepare_parts(parts: Path, fingerprint: str, n_prompts: int) -> None:
+    """Keep the shards of the same inputs (resume), discard routelab shards of other inputs
+    (with a note), refuse a folder routelab did not make; then write the manifest."""
+    if parts.exists():
+        manifest = parts_manifest(parts)
+        if manifest is None:
+            raise RoutelabError(f"{parts} was not made by routelab extract (no manifest of its own): move or delete it")
+        if manifest["fingerprint"] != fingerprint:
+            n = len(list(parts.glob("chunk-*.parquet")))
+            shutil.rmtree(parts)
+            print(f"extract: discarded {n} finished chunks in {parts}: they were computed from other inputs "
+                  "(prompts, model, edit, device, torch threads, chunk or batch size)", file=sys.stderr, flush=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    write_text(parts / PARTS_MANIFEST, json.dumps({"fingerprint": fingerprint, "n_prompts": n_prompts}))
+
+
 def extract_routing(
     lm: LoadedModel,
     prompts: Sequence[tuple[str, str]],
@@ -82,13 +128,14 @@ def extract_routing(
 ) -> dict:
     """Record the routing of every real token of ``prompts`` at every MoE layer into ``out``.
 
-    ``stop_after_chunks`` stops early without merging (used to simulate a killed run).
-    Returns a summary dict (prompts, tokens, rows, bytes, seconds).
+    ``stop_after_chunks`` stops early without merging (used to simulate a killed run). Ctrl-C
+    raises KeyboardInterrupt with one line saying what was kept and how to resume.
+    Returns a summary dict (prompts, tokens, rows, bytes, seconds, tokens_computed, truncated).
     """
     if not prompts:
         raise RoutelabError("no prompts to extract")
     if batch_size < 1 or chunk_size < 1:
-        raise RoutelabError(f"batch_size and chunk_size must be ≥ 1 (got {batch_size}, {chunk_size})")
+        raise RoutelabError(f"batch size and chunk size must be ≥ 1 (got {batch_size}, {chunk_size})")
     out = Path(out)
     desc = lm.describe()
     meta = RoutingMeta(
@@ -104,38 +151,41 @@ def extract_routing(
         edit=(edit.description or {"kind": "custom"}) if edit is not None and edit.layers else None,
     )
     schema = routing_schema(meta)
-    parts = out.with_name(out.name + ".parts")
-    fingerprint = _fingerprint(prompts, meta, lm, edit, chunk_size, max_length)
-    manifest = parts / "manifest.json"
-    if parts.exists() and (not manifest.exists() or json.loads(manifest.read_text()).get("fingerprint") != fingerprint):
-        shutil.rmtree(parts)  # shards of another input: not ours to resume
-    parts.mkdir(parents=True, exist_ok=True)
-    write_text(manifest, json.dumps({"fingerprint": fingerprint, "n_prompts": len(prompts)}))
-
+    truncated = _check_lengths(lm, prompts, max_length, chunk_size)
+    parts = parts_folder(out)
     chunks = [prompts[i : i + chunk_size] for i in range(0, len(prompts), chunk_size)]
     shard = lambda c: parts / f"chunk-{c:06d}.parquet"  # noqa: E731
-    todo = [c for c in range(len(chunks)) if not shard(c).exists()]
     t0 = time.perf_counter()
     n_tokens = 0
-    with attach(lm, edit=edit, record=True) as session, Progress(
-        TextColumn("[bold]extract[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), disable=not progress, transient=True,
-    ) as bar:
-        task = bar.add_task(meta.model, total=len(prompts), completed=len(prompts) - sum(len(chunks[c]) for c in todo))
-        for done, c in enumerate(todo):
-            if stop_after_chunks is not None and done >= stop_after_chunks:
-                return {"stopped": True, "chunks_done": len(chunks) - len(todo) + done}
-            table, tokens = _chunk_table(lm, session, chunks[c], schema, batch_size, max_length,
-                                         lambda n: bar.advance(task, n))
-            n_tokens += tokens
-            with atomic_path(shard(c)) as tmp:
-                pq.write_table(table, tmp)
-    # Merge shards in prompt order into the final file (row groups of at most 65,536 rows).
-    with atomic_path(out) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for c in range(len(chunks)):
-                for batch in pq.ParquetFile(shard(c)).iter_batches(batch_size=1 << 16):
-                    writer.write_batch(batch)
+    with attach(lm, edit=edit, record=True) as session:  # a bad edit is refused here, before any output
+        _prepare_parts(parts, _fingerprint(prompts, meta, lm, edit, chunk_size, batch_size, max_length), len(prompts))
+        todo = [c for c in range(len(chunks)) if not shard(c).exists()]
+        resumed = len(prompts) - sum(len(chunks[c]) for c in todo)
+        if resumed:
+            print(f"extract: resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks ({resumed} of {len(prompts)} "
+                  f"prompts) already done in {parts}", file=sys.stderr, flush=True)
+        try:
+            with progress_display(f"extract[{meta.model}]", total=len(prompts), unit="prompts", enabled=progress,
+                                  done=resumed) as bar:
+                for done, c in enumerate(todo):
+                    if stop_after_chunks is not None and done >= stop_after_chunks:
+                        return {"stopped": True, "chunks_done": len(chunks) - len(todo) + done}
+                    table, tokens = _chunk_table(lm, session, chunks[c], schema, batch_size, max_length, bar.advance)
+                    n_tokens += tokens
+                    with atomic_path(shard(c)) as tmp:
+                        pq.write_table(table, tmp)
+            # Merge shards in prompt order into the final file (row groups of at most 65,536 rows).
+            with atomic_path(out) as tmp:
+                with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                    for c in range(len(chunks)):
+                        for batch in pq.ParquetFile(shard(c)).iter_batches(batch_size=1 << 16):
+                            writer.write_batch(batch)
+        except KeyboardInterrupt:
+            kept = [c for c in range(len(chunks)) if shard(c).exists()]
+            raise KeyboardInterrupt(
+                f"kept {len(kept)} of {len(chunks)} chunks ({sum(len(chunks[c]) for c in kept)} of {len(prompts)} "
+                f"prompts) in {parts}; run the same command again to resume from there"
+            ) from None
     shutil.rmtree(parts)
     rows = pq.ParquetFile(out).metadata.num_rows
     return {
@@ -145,6 +195,7 @@ def extract_routing(
         "bytes": out.stat().st_size,
         "seconds": time.perf_counter() - t0,
         "tokens_computed": n_tokens,
+        "truncated": truncated,
     }
 
 
@@ -152,10 +203,7 @@ def _chunk_table(lm, session, chunk, schema, batch_size, max_length, advance) ->
     """Forward one chunk (length-bucketed batches) and build its rows in prompt order."""
     tok = lm.tokenizer
     enc = tok([text for _, text in chunk], add_special_tokens=True, truncation=max_length is not None,
-              max_length=max_length)["input_ids"]
-    if any(len(e) == 0 for e in enc):
-        empty = [chunk[i][0] for i, e in enumerate(enc) if len(e) == 0]
-        raise RoutelabError(f"prompts {empty[:5]} tokenise to nothing; remove them")
+              max_length=max_length)["input_ids"]  # none empty: _check_lengths refused those
     order = sorted(range(len(chunk)), key=lambda i: len(enc[i]))  # length bucketing
     per_prompt: dict[int, dict[str, np.ndarray]] = {}
     n_tokens = 0

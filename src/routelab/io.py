@@ -1,7 +1,12 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A killed stage never leaves a half-written output that DVC or a reader could mistake for a
-finished one.
+finished one. ``check_writable`` refuses an output path before any compute (a folder where a
+file is expected, a parent that is a file, a place that cannot be written), and
+``atomic_paths`` writes a set of outputs all or nothing. A resumable output (extraction) keeps
+its finished shards in ``<out>.parts/`` with a manifest (``parts_folder``, ``parts_manifest``,
+``check_resumable_output``). This module imports no torch: the command line checks every
+path with it in a fraction of a second, before a model library loads.
 """
 
 from __future__ import annotations
@@ -67,6 +72,80 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+@contextlib.contextmanager
+def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
+    """Temporary paths for several outputs; renamed onto their targets only if the block succeeds.
+
+    Every file is written before any is renamed, so an error while writing leaves none of them.
+    """
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(t)) for t in targets]
+
+
+def check_writable(target: str | Path, flag: str, *, folder: bool = False) -> None:
+    """Refuse, before any compute, an output path that could not be written.
+
+    ``flag`` is how the user named it (``--out``, ``--items``); ``folder``: the output is a
+    folder (a file there is refused) rather than a file (a folder there is refused). Nothing is
+    created: the nearest existing parent is probed with a temporary file, removed at once.
+    """
+    target = Path(target)
+    if target.is_dir() and not folder:
+        raise RoutelabError(f"{flag} {target} is a folder: give the path of a file to write")
+    if target.exists() and not target.is_dir() and folder:
+        raise RoutelabError(f"{flag} {target} is a file: give the path of a folder to write")
+    parent = target.parent
+    while not parent.exists():  # the folders still to create: the nearest existing one decides
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RoutelabError(f"{flag} {target}: {parent} is a file, not a folder: choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".routelab-write-check-")
+    except OSError as exc:
+        raise RoutelabError(
+            f"{flag} {target}: cannot write in {parent} ({exc.strerror}): choose a writable place"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+PARTS_MANIFEST = "manifest.json"  # in <out>.parts/: what the shards were computed from (a fingerprint)
+
+
+def parts_folder(out: str | Path) -> Path:
+    """Where the finished shards of a resumable output ``out`` wait: ``<out>.parts/``."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def parts_manifest(parts: Path) -> dict | None:
+    """The manifest of a routelab shards folder; None when ``parts`` is not one (a file, other
+    files inside, no manifest with a fingerprint)."""
+    if not parts.is_dir():
+        return None
+    ours = all(  # dot-names: temporary files a killed atomic write left
+        f.name == PARTS_MANIFEST or f.name.startswith(("chunk-", ".chunk-", f".{PARTS_MANIFEST}."))
+        for f in parts.iterdir()
+    )
+    try:
+        manifest = json.loads((parts / PARTS_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if ours and isinstance(manifest, dict) and "fingerprint" in manifest else None
+
+
+def check_resumable_output(out: str | Path, flag: str) -> None:
+    """:func:`check_writable`, and refuse a ``<out>.parts/`` that routelab did not make (it would
+    otherwise be deleted or mixed in)."""
+    check_writable(out, flag)
+    parts = parts_folder(out)
+    if parts.exists() and parts_manifest(parts) is None:
+        raise RoutelabError(
+            f"{flag} {out}: {parts} exists and was not made by routelab (no manifest of its own): "
+            "move or delete it, then run again"
+        )
+
+
 def write_parquet(df: Any, target: str | Path) -> None:
     """Write a polars DataFrame as Parquet, atomically."""
     with atomic_path(target) as tmp:
@@ -74,13 +153,19 @@ def write_parquet(df: Any, target: str | Path) -> None:
 
 
 def write_text(target: str | Path, text: str) -> None:
+    """Write ``text`` to ``target``, atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
 
 
 def write_json(target: str | Path, obj: Any) -> None:
     """JSON with sorted keys and a trailing newline (stable diffs for `dvc metrics diff`)."""
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(target, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """The text :func:`write_json` writes (numpy numbers and paths as plain JSON)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
 
 
 def _json_default(o: Any) -> Any:
@@ -98,11 +183,19 @@ def _json_default(o: Any) -> Any:
 def read_table(source: str | Path | Any, what: str, stage: str) -> tuple[Any, str]:
     """(polars DataFrame, display name) from a Parquet path or a DataFrame given as is.
 
-    A missing file is an error that names it and the stage that writes it.
+    A missing file, a folder or a file that is not Parquet is an error that names it and the
+    stage that writes it.
     """
     if isinstance(source, pl.DataFrame):
         return source, f"{what} table"
     p = Path(source)
     if not p.exists():
         raise RoutelabError(f"{what} file {p} not found: run the `{stage}` stage first")
-    return pl.read_parquet(p), str(p)
+    if p.is_dir():
+        raise RoutelabError(f"{what} file {p} is a folder: give the Parquet file the `{stage}` stage writes")
+    try:
+        return pl.read_parquet(p, glob=False), str(p)  # glob=False: brackets in a file name are text
+    except (pl.exceptions.PolarsError, OSError):  # polars' own message is a multi-line query plan
+        raise RoutelabError(
+            f"{what} file {p} is not a readable Parquet file: give the file the `{stage}` stage writes"
+        ) from None

@@ -76,7 +76,8 @@ class ModelSpec:
         anything is loaded. Returns the spec."""
         if self.device != "auto":
             if not _DEVICE.fullmatch(self.device):
-                raise RoutelabError(f"{self.setting('device')} {self.device}: unknown device; use auto, cpu, cuda or cuda:N")
+                raise RoutelabError(
+                    f"{self.setting('device')} {self.device}: unknown device; use auto, cpu, cuda, cuda:N or mps")
             if self.device.startswith("cuda") and not torch.cuda.is_available():
                 raise RoutelabError(
                     f"{self.setting('device')} {self.device}: this torch ({torch.__version__}) sees no CUDA GPU; "
@@ -104,7 +105,8 @@ class ModelSpec:
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().startswith("cuda") else torch.float32
         if self.dtype not in _DTYPES:
-            raise RoutelabError(f"{self.setting('dtype')} {self.dtype}: unknown dtype; use one of auto, {', '.join(_DTYPES)}")
+            raise RoutelabError(
+                f"{self.setting('dtype')} {self.dtype}: unknown dtype; use one of auto, {', '.join(_DTYPES)}")
         return _DTYPES[self.dtype]
 
 
@@ -171,6 +173,13 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
                 if "trust_remote_code" in str(exc) else "")
         raise RoutelabError(f"{where}: cannot load its config: {_first_line(exc)}{hint}") from None
     adapter = adapter_for_config(config)  # unknown architecture → clear error, before loading weights
+    if local and not any((Path(spec.path) / name).is_file() for name in _TOKENIZER_FILES):
+        # Checked here: without its files AutoTokenizer builds an empty tokenizer of the config's
+        # model type, and every prompt "tokenises to nothing".
+        raise RoutelabError(
+            f"{where}: no tokenizer files in this folder (one of {', '.join(_TOKENIZER_FILES)}): save the "
+            "tokenizer beside the model (tokenizer.save_pretrained(folder))"
+        )
     fixes: list[str] = []  # what loading patched, kept in LoadedModel.load_fixes
     if is_remote_code(config):
         written, _ = PretrainedConfig.get_config_dict(spec.path, revision=spec.revision)  # config.json as on disk
@@ -187,8 +196,10 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
     try:
         model = AutoModelForCausalLM.from_pretrained(spec.path, **model_kwargs)
     except (OSError, SafetensorError, EOFError, pickle.UnpicklingError) as exc:  # missing or truncated weights
-        again = f"copy it again ({TESTBED_HINT})" if local else "delete it from the Hugging Face cache and download it again"
-        raise RoutelabError(f"{where}: cannot load its weights ({_first_line(exc)}): is the folder complete? {again}") from None
+        again = (f"copy it again ({TESTBED_HINT})" if local
+                 else "delete it from the Hugging Face cache and download it again")
+        raise RoutelabError(
+            f"{where}: cannot load its weights ({_first_line(exc)}): is the folder complete? {again}") from None
     if not spec.device_map:
         model = model.to(spec.resolved_device())
     if is_remote_code(model):
@@ -222,7 +233,7 @@ def _is_local(path: str) -> bool:
 
 
 def _check_folder(spec: ModelSpec, where: str) -> None:
-    """A local model folder holds a config, weights and tokenizer files (checked before loading)."""
+    """A local model folder exists and holds a config.json (checked before loading)."""
     folder = Path(spec.path)
     relative = "" if folder.is_absolute() else f" (relative to {Path.cwd()})"
     if not folder.is_dir():
@@ -232,11 +243,6 @@ def _check_folder(spec: ModelSpec, where: str) -> None:
         raise RoutelabError(
             f"{where}: no config.json in this folder: not a saved model (save_pretrained writes config.json, "
             f"the weights and the tokenizer files); {TESTBED_HINT}"
-        )
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise RoutelabError(
-            f"{where}: no tokenizer files in this folder (one of {', '.join(_TOKENIZER_FILES)}): save the "
-            "tokenizer beside the model (tokenizer.save_pretrained(folder))"
         )
 
 
@@ -275,4 +281,4 @@ def model_spec(params: dict[str, Any], name: str) -> ModelSpec:
     models = params.get("models") or {}
     if name not in models:
         raise RoutelabError(f"model {name!r} is not in params.yaml `models` (known: {', '.join(models)})")
-    return section(ModelSpec, models[name], f"models.{name}").from_source(f"models.{name}").check()
+    return section(ModelSpec, models[name], f"models.{name}").from_source(f"models.{name}")

@@ -35,9 +35,9 @@ PLAIN_EVERY_S = 30.0  # seconds between plain progress lines when stderr is not 
 class _Bar:
     """What ``progress`` yields: ``advance(n)`` and ``update(**fields)``."""
 
-    def __init__(self, description: str, total: int | None, unit: str, mode: str, every_s: float):
+    def __init__(self, description: str, total: int | None, unit: str, mode: str, every_s: float, done: int = 0):
         self.description, self.total, self.unit, self.mode = description, total, unit, mode
-        self.done = 0
+        self.done = self.start = done  # `start`: done before this run (a resume), not in the rate
         self.fields: dict[str, Any] = {}
         self.every_s = every_s
         self.t0 = self._last = time.perf_counter()
@@ -68,8 +68,8 @@ class _Bar:
         count = f"{self.done}/{self.total}" if self.total else str(self.done)
         pct = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
         eta = ""
-        if self.total and 0 < self.done < self.total:
-            eta = f", ETA {elapsed * (self.total - self.done) / self.done:.0f} s"
+        if self.total and self.start < self.done < self.total:
+            eta = f", ETA {elapsed * (self.total - self.done) / (self.done - self.start):.0f} s"
         extra = f", {self._fields_text()}" if self.fields else ""
         print(f"{self.description}: {count} {self.unit}{pct}, {elapsed:.0f} s{eta}{extra}",
               file=sys.stderr, flush=True)
@@ -83,15 +83,19 @@ def progress(
     unit: str = "",
     enabled: bool = True,
     every_s: float = PLAIN_EVERY_S,
+    done: int = 0,
 ) -> Iterator[_Bar]:
-    """A progress display for one loop (module docstring); removed when the block ends."""
+    """A progress display for one loop (module docstring); removed when the block ends.
+
+    ``done``: units finished before this run (a resumed extraction): counted, not in the ETA.
+    """
     mode = "off" if not enabled else ("rich" if sys.stderr.isatty() else "plain")
-    bar = _Bar(description, total, unit, mode, every_s)
+    bar = _Bar(description, total, unit, mode, every_s, done)
     if mode != "rich":
         try:
             yield bar
         finally:
-            if mode == "plain" and bar.done:
+            if mode == "plain" and bar.done > bar.start:
                 bar._plain_line()
         return
     rich = Progress(
@@ -107,5 +111,5 @@ def progress(
     )
     with rich:
         bar._rich = rich
-        bar._task = rich.add_task(description, total=total, fields="")
+        bar._task = rich.add_task(description, total=total, completed=done, fields="")
         yield bar

@@ -1,22 +1,30 @@
 """Running a stage script: bad input ends in one clear line, not a traceback; a summary line ends it.
 
     def main() -> str:
-        args = stage_args(__doc__, "--model", "--out")
+        args = stage_args(__doc__, "--model", "--out", outputs=("--out",))
         ...
         return f"aals[{args.model}]: selected layers [1]"   # printed with the elapsed time
 
     if __name__ == "__main__":
         run_stage(main, "aals")
+
+Exit codes: 0 done, 2 bad input (one line on stderr: what, which input, what to do), 130
+interrupted (Ctrl-C; one line saying what was kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from typing import Callable
+from typing import Callable, NoReturn
 
 from routelab.errors import RoutelabError
+from routelab.io import check_writable
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def run_stage(main: Callable[[], str | None], name: str | None = None) -> None:
@@ -27,17 +35,53 @@ def run_stage(main: Callable[[], str | None], name: str | None = None) -> None:
         summary = main()
     except RoutelabError as exc:
         print(f"{label}error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt as exc:
+        print(f"{label}interrupted: {interrupted_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     if summary:
         print(f"{summary} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
-def stage_args(doc: str, *required: str, optional: tuple[str, ...] = ()):
-    """Parse a stage's command line: the ``required`` path options, ``optional`` ones, and ``--params``."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+def interrupted_line(exc: KeyboardInterrupt) -> str:
+    """What an interrupted run kept: the message a long loop attached (extraction: its shards and
+    how to resume), else what holds for every routelab output."""
+    return str(exc) or "every output is written whole or not at all, so none is half-written; run again to redo"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (exit code 2), like every other routelab error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def stage_args(
+    doc: str, *required: str, optional: tuple[str, ...] = (), outputs: tuple[str, ...] = (),
+    output_dirs: tuple[str, ...] = (),
+):
+    """Parse a stage's command line: the ``required`` path options, ``optional`` ones, and ``--params``.
+
+    ``outputs`` (files) and ``output_dirs`` (folders), among the options, are checked to be
+    writable now, before any input is read or model loaded (routelab.io.check_writable).
+    """
+    ap = OneLineParser(description=doc.splitlines()[0])
     for name in required:
         ap.add_argument(name, required=True)
     for name in optional:
         ap.add_argument(name, default=None)
     ap.add_argument("--params", default="params.yaml")
-    return ap.parse_args()
+    args = ap.parse_args()
+    for flag in (*outputs, *output_dirs):
+        path = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if path is not None:
+            check_writable(path, flag, folder=flag in output_dirs)
+    return args
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for a summary line: three decimals (0.000999… → 0.001, 0.0234 → 0.023), two
+    significant digits below 0.0005 (4.2e-05); ``n/a`` when there is none."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if round(p, 3) > 0 or p == 0 else f"{p:.2g}"

@@ -161,28 +161,70 @@ def load_prompts(source: str | Path | pl.DataFrame) -> pl.DataFrame:
     return df
 
 
+PROMPT_TEXT_FORMATS = "a .txt (UTF-8, one prompt per line) or a .parquet with columns prompt_id, text"
+
+
 def read_prompt_texts(path: str | Path) -> list[tuple[str, str]]:
     """(prompt_id, text) pairs from a user's prompts file, for extraction.
 
-    ``.txt``: one prompt per line, prompt_id = the line number from 0 (blank lines skipped,
-    ids unchanged). ``.parquet``: columns prompt_id and text (the `prompts` stage's output).
+    ``.txt``: UTF-8, one prompt per line, prompt_id = the line number from 0 (blank lines
+    skipped, ids unchanged). ``.parquet``: columns prompt_id and text (the `prompts` stage's
+    output). Any other suffix is refused rather than guessed (a .csv read as text would make its
+    header and id column prompts).
     """
     path = Path(path)
     if not path.exists():
         raise RoutelabError(f"prompts file {path} not found")
+    if path.is_dir():
+        raise RoutelabError(f"prompts file {path} is a folder: give {PROMPT_TEXT_FORMATS}")
     if path.suffix == ".parquet":
+        pairs = _parquet_prompts(path)
+    elif path.suffix == ".txt":
+        raw = path.read_bytes()
         try:
-            df = pl.read_parquet(path, columns=["prompt_id", "text"])
-        except Exception as exc:  # noqa: BLE001
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
             raise RoutelabError(
-                f"prompts file {path}: expected a Parquet with columns prompt_id, text ({exc})"
+                f"prompts file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
+                f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path}"
             ) from None
-        ids = [str(i) for i in df["prompt_id"].to_list()]
-        if len(set(ids)) != len(ids):
-            raise RoutelabError(f"prompts file {path}: prompt_id values are not unique")
-        return list(zip(ids, df["text"].to_list()))
-    lines = path.read_text().splitlines()
-    return [(str(i), line) for i, line in enumerate(lines) if line.strip()]
+        pairs = [(str(i), line) for i, line in enumerate(lines) if line.strip()]
+    else:
+        raise RoutelabError(
+            f"prompts file {path}: unknown format {path.suffix or '(no suffix)'!r}; give {PROMPT_TEXT_FORMATS}"
+        )
+    if not pairs:
+        raise RoutelabError(f"prompts file {path} holds no prompts")
+    return pairs
+
+
+def _parquet_prompts(path: Path) -> list[tuple[str, str]]:
+    """(prompt_id, text) of a prompts Parquet, every column checked."""
+    try:
+        schema = pl.scan_parquet(path, glob=False).collect_schema()  # glob=False: brackets in a name are text
+    except (pl.exceptions.PolarsError, OSError):  # polars' own message is a multi-line query plan
+        raise RoutelabError(f"prompts file {path} is not a readable Parquet file: give {PROMPT_TEXT_FORMATS}") from None
+    missing = [c for c in ("prompt_id", "text") if c not in schema]
+    if missing:
+        raise RoutelabError(
+            f"prompts file {path} lacks column(s) {', '.join(missing)} (has {', '.join(schema)}): "
+            f"give {PROMPT_TEXT_FORMATS}"
+        )
+    if schema["text"] != pl.String:
+        raise RoutelabError(
+            f"prompts file {path}: column text holds {schema['text']}, not strings: give the prompts' texts")
+    df = pl.read_parquet(path, columns=["prompt_id", "text"], glob=False)
+    for col in ("prompt_id", "text"):
+        nulls = df.filter(pl.col(col).is_null())
+        if nulls.height:
+            first = nulls.row(0, named=True)["prompt_id"] if col == "text" else None
+            where = f" (first: prompt_id {first!r})" if first is not None else ""
+            raise RoutelabError(f"prompts file {path}: {nulls.height} rows have a null {col}{where}; fill or drop them")
+    ids = [str(i) for i in df["prompt_id"].to_list()]
+    if len(set(ids)) != len(ids):
+        raise RoutelabError(f"prompts file {path}: prompt_id values are not unique")
+    return list(zip(ids, df["text"].to_list()))
 
 
 # ============================================================================================
