@@ -18,7 +18,7 @@ from routelab.config import load_params, section
 from routelab.io import write_json, write_parquet
 from routelab.profile import ProfileParams, compute_profile
 from routelab.profile_null import load_designated
-from routelab.stage import run_stage, stage_args
+from routelab.stage import format_p, run_stage, stage_args
 
 def main() -> str:
     args = stage_args(__doc__, "--model", "--routing", "--prompts", "--out", "--layer-axis", "--metrics", "--plots",
@@ -33,7 +33,7 @@ def main() -> str:
     plots.phi_heatmap(profile, out / "phi_heatmap.png", title=args.model, designated=designated)
     plots.jsd_by_axis(layer_axis, out / "jsd_by_axis.png", title=args.model)
     plots.routing_shift(profile, out / "routing_shift.png", title=args.model)
-    shift = {k: "n/a" if v is None else f"JSD {v['shift_jsd']:.3g} (p {v['p_value'] or float('nan'):.3g})"
+    shift = {k: "n/a" if v is None else f"JSD {v['shift_jsd']:.3g} (p = {format_p(v['p_value'])})"
              for k, v in desc["routing_shift"].items()}  # fmt: skip
     return (f"profile[{args.model}]: φ over {desc['expert_slots']} expert slots, top L{desc['top_phi_layer']}/"
           f"E{desc['top_phi_expert']}; BH-significant experts {desc['ard_null']['n_significant']}; routing shift "

@@ -133,6 +133,7 @@ def evaluate(
             metrics, rows = run_benchmark(
                 lm.model, lm.tokenizer, get_benchmark(name), items=bench_items, split_ids=split[part],
                 batch_size=lm.spec.batch_size, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap, max_length=cfg.max_length,
+                description=f"{name}[{part}]",
             )
             write_parquet(rows, item_table_path(out_dir, name, part))
             results[name][part] = metrics

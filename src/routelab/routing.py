@@ -22,6 +22,7 @@ touched: only the routed router's output changes.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +96,8 @@ class RoutingEdit:
         output, data/profiles/<model>.parquet).
         """
         phi = read_profile(profile)
-        if not isinstance(lam, (int, float)) or lam != lam:
-            raise RoutelabError(f"λ must be a finite number, got {lam!r}")
+        if not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise RoutelabError(f"λ must be a finite number, got {lam!r} (0 leaves routing unchanged)")
         chosen = sorted(phi) if layers is None else list(layers)
         missing = [layer for layer in chosen if layer not in phi]
         if missing:

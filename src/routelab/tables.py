@@ -105,7 +105,7 @@ def read_routing_meta(path: str | Path) -> RoutingMeta:
 def scan_routing(path: str | Path, columns: list[str] | None = None) -> tuple[pl.LazyFrame, RoutingMeta]:
     """(lazy frame over ``columns`` of a routing log, its metadata); the columns must exist."""
     meta = read_routing_meta(path)
-    lf = pl.scan_parquet(path)
+    lf = pl.scan_parquet(path, glob=False)  # glob=False: brackets in a file name are text
     names = lf.collect_schema().names()
     missing = [c for c in (columns or ROUTING_COLUMNS) if c not in names]
     if missing:

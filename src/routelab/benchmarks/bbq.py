@@ -37,6 +37,7 @@ from routelab.benchmarks.base import (
     malformed,
     mean,
     missing,
+    not_utf8,
     require,
     unique_ids,
 )
@@ -176,15 +177,18 @@ def load(source: Source, *, categories: Sequence[str] | None = None) -> list[Ite
     for f in files:
         if not f.is_file():
             raise missing("bbq", f, EXPECTED)
-        with f.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise malformed("bbq", f, f"line {lineno}", f"not valid JSON ({exc.msg})", EXPECTED) from None
-                items.append(_item(row, f, f"line {lineno}"))
+        try:
+            lines = f.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise not_utf8("bbq", f, exc, EXPECTED) from None
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise malformed("bbq", f, f"line {lineno}", f"not valid JSON ({exc.msg})", EXPECTED) from None
+            items.append(_item(row, f, f"line {lineno}"))
     unique_ids(items, "bbq", source)
     return items
 

@@ -119,6 +119,7 @@ def item_lls(
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool = True,
+    description: str | None = None,
 ) -> list[list[LL]]:
     """One LL per request of every item (``lls[i][k]``: request ``k`` of item ``i``)."""
     if not bench.scored or bench.requests is None:
@@ -128,7 +129,7 @@ def item_lls(
         )
     reqs = [bench.requests(it) for it in items]
     flat = [r for rs in reqs for r in rs]
-    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress, description=bench.name)
+    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress, description=description or bench.name)
     if bench.output == "rolling":
         scored = rolling_loglikelihood(model, tokenizer, flat, **kwargs)
     else:
@@ -303,6 +304,7 @@ def run_benchmark(
     max_length: int | None = None,
     progress: bool = True,
     items: Sequence[Item] | None = None,
+    description: str | None = None,
     **load_options: Any,
 ) -> tuple[Metrics, pl.DataFrame]:
     """Score one benchmark on a loaded model; return (metrics, the per-item table).
@@ -322,7 +324,8 @@ def run_benchmark(
         items = select_items(items, split_ids)
     if not items:
         raise RoutelabError(f"{bench.name}: no items to score (empty data or empty split)")
-    lls = item_lls(model, tokenizer, bench, items, batch_size=batch_size, max_length=max_length, progress=progress)
+    lls = item_lls(model, tokenizer, bench, items, batch_size=batch_size, max_length=max_length, progress=progress,
+                   description=description)
     rows = item_rows(bench, items, lls)
     metrics = metrics_from_rows(bench, rows)
     metrics["ci95"] = bootstrap_cis(bench, rows, seed=seed, n_bootstrap=n_bootstrap)

@@ -27,6 +27,7 @@ from routelab.benchmarks.base import (
     hub_rows,
     malformed,
     mean,
+    not_utf8,
     read_json,
     require,
 )
@@ -49,7 +50,10 @@ def read_primer(path: str | Path | None = None) -> str:
             "'Q: ...\\nA: ...' blocks, no trailing newline). Point bench_baseline.primer "
             "(routelab bench: --primer) at it"
         )
-    return p.read_text(encoding="utf-8").rstrip("\n")
+    try:
+        return p.read_text(encoding="utf-8").rstrip("\n")
+    except UnicodeDecodeError as exc:
+        raise not_utf8("truthfulqa", p, exc, "the 6-shot QA primer as UTF-8 text") from None
 
 
 def _targets(t: Any, path: Path | str, where: str) -> tuple[list[str], list[int]]:
