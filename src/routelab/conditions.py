@@ -227,7 +227,7 @@ def selection(ctx: ConditionContext, table: pl.DataFrame | str, lam: float, labe
 
 
 def random_selection(ctx: ConditionContext, n: int, lam: float, draw: int) -> Condition:
-    _check_n(ctx, n, "baselines.random_n")
+    _check_n(ctx, n, "the random selection size (the SAFEx selection's size)")
     rows = ctx.profile.sort("layer", "expert")
     pick = rows[sorted(ctx.rng(3, draw).choice(rows.height, size=n, replace=False).tolist())]
     phi, layers = _selection_phi(ctx, pick)

@@ -138,7 +138,7 @@ def _span_filter(
     if missing:
         raise RoutelabError(
             f"prompts table lacks the token-span column(s) {missing} a token filter needs (has {prompts.columns}): "
-            "build the table with a tokenizer (the `prompts` stage; SteerMoE pairs: steer.token_spans)"
+            "build the table with a tokenizer (the `prompts` stage; SteerMoE pairs: routelab.steer.token_spans)"
         )
     cols = [pl.col("prompt_id").cast(enum)]
     keep = pl.lit(True)

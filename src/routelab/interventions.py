@@ -243,7 +243,7 @@ def compare(
     n_permutations: int = N_PERMUTATIONS,
     n_bootstrap: int = N_BOOTSTRAP,
 ) -> Comparison:
-    """One metric, baseline vs condition, paired by item id (statistics.compare_paired)."""
+    """One metric, baseline vs condition, paired by item id (routelab.statistics.compare_paired)."""
     base, cond = base.sort(ITEM_KEY), cond.sort(ITEM_KEY)
     if base[ITEM_KEY].to_list() != cond[ITEM_KEY].to_list():
         raise RoutelabError(f"{bench.name}: baseline and condition '{condition}' hold different items")
