@@ -33,6 +33,7 @@ def main() -> str:
     plots.phi_heatmap(profile, out / "phi_heatmap.png", title=args.model, designated=designated)
     plots.jsd_by_axis(layer_axis, out / "jsd_by_axis.png", title=args.model)
     plots.routing_shift(profile, out / "routing_shift.png", title=args.model)
+    plots.layer_shift_csv(profile, layer_axis, out / "layer_shift.csv")
     shift = {k: "n/a" if v is None else f"JSD {v['shift_jsd']:.3g} (p = {format_p(v['p_value'])})"
              for k, v in desc["routing_shift"].items()}  # fmt: skip
     return (f"profile[{args.model}]: φ over {desc['expert_slots']} expert slots, top L{desc['top_phi_layer']}/"

@@ -108,11 +108,11 @@ def layer_table(
         ppl = by[(f"layer_{layer}", cfg.utility, "ppl")]
         d_bias = bias_reduction(bias.before, bias.after)
         r = aals_ratio(d_bias, ppl.after - ppl.before)
-        guarded = cfg.guard == "significant" and not (bias.p_bh is not None and bias.p_bh < alpha)
+        significant = bias.p_bh is not None and bias.p_bh < alpha
         out[layer] = {
             "pct_stereotype": bias.after, "ppl": ppl.after, "delta_bias": d_bias,
-            "delta_ppl": ppl.after - ppl.before, "R": 0.0 if guarded else r, "R_unguarded": r,
-            "p": bias.p, "p_bh": bias.p_bh,
+            "delta_ppl": ppl.after - ppl.before, "R": r if cfg.guard == "none" or significant else 0.0,
+            "R_paper": r, "R_guarded": r if significant else 0.0, "p": bias.p, "p_bh": bias.p_bh,
         }  # fmt: skip
     return out
 
@@ -132,10 +132,14 @@ def run(lm: Any, conds: list, inputs: Any, cfg: AalsParams, suite: Any, out_dir:
     selected = select_layers({layer: t["R"] for layer, t in table.items()}, cfg.quantile)
     base_bias = next(c for c in comps if c.metric == "pct_stereotype")
     base_ppl = next(c for c in comps if c.metric == "ppl")
-    ranked = sorted(layers, key=lambda layer: -table[layer]["R"])
+    def rank(key: str) -> list[int]:
+        return sorted(layers, key=lambda layer: (-table[layer][key], -table[layer]["delta_bias"]))
+
     return {
         "selected": selected,
-        "ranking": ranked,
+        "ranking": rank("R"),  # by the configured R (aals.guard)
+        "ranking_paper": rank("R_paper"),  # by Eq. 5 as printed
+        "ranking_guarded": rank("R_guarded"),  # R = 0 where Δbias is not significant after BH
         "split": suite.split,
         "base": {"pct_stereotype": base_bias.before, "ppl": base_ppl.before},
         "layers": {str(layer): t for layer, t in table.items()},

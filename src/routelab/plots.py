@@ -210,3 +210,16 @@ def condition_deltas(records: list[dict], out_dir: str | Path, name: str, title:
         ax.set_title(f"Δ {m} (red: p_BH < 0.05)", fontsize=9)
     fig.suptitle(title)
     return _save(fig, out / f"{name}.png")
+
+
+def layer_shift_csv(profile: pl.DataFrame, layer_axis: pl.DataFrame, path: str | Path) -> Path:
+    """Per layer: JSD(pooled demographic ‖ neutral) and each axis's JSD, in bits — the data of the
+    `dvc plots` "routing shift per layer" plot."""
+    _need(profile, ("layer", "layer_jsd"), "layer_shift_csv")
+    _need(layer_axis, ("layer", "axis", "jsd"), "layer_shift_csv")
+    pooled = profile.group_by("layer").agg(layer_jsd=pl.col("layer_jsd").first())
+    wide = layer_axis.pivot(on="axis", index="layer", values="jsd")
+    table = pooled.join(wide, on="layer", how="left").sort("layer")
+    path = Path(path)
+    _write_csv(table, path)
+    return path
