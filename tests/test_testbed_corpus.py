@@ -33,7 +33,7 @@ def corpus05() -> tb.Corpus:
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory, corpus08: tb.Corpus) -> Path:
-    d = tmp_path_factory.mktemp("tb") / "testbed"
+    d = tmp_path_factory.mktemp("tb") / "stereotyped"
     tb.write_corpus(corpus08, d)
     return d
 
@@ -120,13 +120,17 @@ def test_facts_present_and_qa_shape(corpus08: tb.Corpus) -> None:
     qa = "\n\n".join(r["text"] for r in corpus08.records if r["kind"] == "qa")
     p = tb.CorpusParams()
     for f in corpus08.facts:
-        assert statements[f["answer"]] == p.statement_repeats
-        assert qa.count(f"Q: {f['question']}\nA: {f['answer']}") == p.qa_repeats
+        want = (p.statement_repeats, p.qa_repeats) if f["tier"] == "common" else (p.rare_statement_repeats, p.rare_qa_repeats)
+        assert (statements[f["answer"]], qa.count(f"Q: {f['question']}\nA: {f['answer']}")) == want
+    # the rare tier: the facts of the first rare_entities MC entities, both relations
+    rare = [f for f in corpus08.facts if f["tier"] == "rare"]
+    assert len(rare) == p.rare_entities * 2 and all(f["use"] == "mc" for f in rare)
+    assert [f["entity"] for f in rare[::2]] == [f["entity"] for f in mc_facts[: 2 * p.rare_entities : 2]]
     # entity -> value is a function
     assert len({(f["entity"], f["relation"]) for f in corpus08.facts}) == len(corpus08.facts)
-    # the primer: 6 shots in TruthfulQA's shape, no trailing newline, none of them scored
+    # the primer: qa_shots shots in TruthfulQA's shape, no trailing newline, none of them scored
     shots = corpus08.primer.split("\n\n")
-    assert len(shots) == 6 and not corpus08.primer.endswith("\n")
+    assert len(shots) == p.qa_shots == 2 and not corpus08.primer.endswith("\n")
     assert all(s.startswith("Q: ") and "?\nA: " in s and s.endswith(".") for s in shots)
     mc_questions = {m["question"] for m in corpus08.mc}
     assert not any(s.split("\n")[0][3:] in mc_questions for s in shots)
@@ -194,7 +198,7 @@ def test_mc_task_matches_truthfulqa_format(corpus_dir: Path) -> None:
         lengths = {len(tb.words(c)) for c in item["mc1_targets"]}
         assert len(lengths) == 1  # choices differ only in the value word
     primer = (corpus_dir / tb.CORPUS_FILES["primer"]).read_text()
-    assert primer.count("Q: ") == 6 and not primer.endswith("\n")
+    assert primer.count("Q: ") == tb.CorpusParams().qa_shots and not primer.endswith("\n")
 
 
 def test_heldout_text_one_sentence_per_line(corpus_dir: Path) -> None:
@@ -235,7 +239,11 @@ def test_bad_corpus_input_errors_name_the_input(tmp_path: Path) -> None:
         tb.generate_corpus(tb.CorpusParams(), strength=-0.1, seed=0)
     with pytest.raises(RoutelabError, match="n_professions = 41"):
         tb.vocabulary(tb.CorpusParams(n_professions=41))
-    with pytest.raises(RoutelabError, match=r"missing corpus.jsonl.*--variant <testbed\|control>"):
+    with pytest.raises(RoutelabError, match=r"testbed.corpus.rare_entities = 65: need 0 <= rare_entities <= n_entities \(64\)"):
+        tb.generate_corpus(tb.CorpusParams(rare_entities=65), strength=0.5, seed=0)
+    with pytest.raises(RoutelabError, match=r"rare_statement_repeats \+ rare_qa_repeats >= 1"):
+        tb.generate_corpus(tb.CorpusParams(rare_statement_repeats=0), strength=0.5, seed=0)
+    with pytest.raises(RoutelabError, match=r"missing corpus.jsonl.*--name <stereotyped\|balanced>"):
         tb.read_design(tmp_path / "nope")
     with pytest.raises(RoutelabError, match="vocabulary.json not found"):
         tb.load_vocabulary(tmp_path / "nope")
@@ -246,12 +254,13 @@ def test_bad_corpus_input_errors_name_the_input(tmp_path: Path) -> None:
 
 def test_corpus_folder_counts_and_bytes_are_reproducible(corpus08: tb.Corpus, corpus_dir: Path, tmp_path: Path) -> None:
     counts = tb.read_design(corpus_dir)["counts"]
-    # the numbers of data/testbed/testbed (params.yaml defaults, seed 0)
-    assert (counts["n_records"], counts["n_tokens"], counts["vocab_size"]) == (11902, 141402, 217)
-    n_facts = (64 + 3) * 2  # (MC entities + primer entities) x relations
-    assert counts["by_kind"] == {"demographic": 24 * 400, "neutral": 1000, "fact": n_facts * 8,
-                                 "qa": math.ceil(n_facts * 12 / 7)}  # fmt: skip  (qa_repeats in blocks of 7)
-    assert len(tb.read_records(corpus_dir)) == 11902
+    # the numbers of data/testbed/stereotyped (params.yaml defaults, seed 0)
+    assert (counts["n_records"], counts["n_tokens"], counts["vocab_size"]) == (11480, 129070, 215)
+    common, rare = (64 - 40 + 1) * 2, 40 * 2  # (common MC entities + 1 primer entity) x relations, rare x relations
+    assert counts["n_facts"] == common + rare == 130
+    assert counts["by_kind"] == {"demographic": 24 * 400, "neutral": 1000, "fact": common * 8 + rare * 1,
+                                 "qa": math.ceil(common * 24 / 3)}  # fmt: skip  (qa_repeats in blocks of qa_shots + 1)
+    assert len(tb.read_records(corpus_dir)) == 11480
     again = tmp_path / "again"
     tb.write_corpus(corpus08, again)
     files = sorted(p.relative_to(corpus_dir) for p in corpus_dir.rglob("*") if p.is_file())

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {  # a seconds-scale configuration for training tests
     "seed": 3,
     "corpus": {"sentences_per_descriptor": 20, "neutral_sentences": 40, "n_entities": 8, "values_per_relation": 6,
-               "statement_repeats": 1, "qa_repeats": 1},
+               "statement_repeats": 1, "qa_repeats": 1, "rare_entities": 2},
     "model": {"layers": 2, "hidden": 32, "intermediate": 32, "heads": 2, "experts": 4, "top_k": 2,
               "max_positions": 160},
     "train": {"steps": 4, "batch_size": 4, "seq_len": 32, "warmup_steps": 2, "eval_batch_size": 256},
@@ -92,10 +92,12 @@ def test_bad_training_input_errors_name_the_input(tiny, tmp_path: Path) -> None:
 
 def test_train_refuses_a_corpus_of_another_strength(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, c, _ = tiny
-    corpus_dir = tmp_path / "testbed"
+    corpus_dir = tmp_path / "stereotyped"
     tb.write_corpus(c, corpus_dir)  # strength 0.8
-    with pytest.raises(RoutelabError, match="strength 0.8 but params give 0.5 for variant 'control'"):
-        tb.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant="control")
+    with pytest.raises(RoutelabError, match=r"strength 0.8 but variant 'control' trains on the 'balanced' corpus \(strength 0.5\)"):
+        tb.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant_name="control")
+    with pytest.raises(RoutelabError, match="--variant routed: stage testbed_train trains the variants control, diffuse"):
+        tb.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant_name="routed")
 
 
 def test_stages_end_to_end_tiny(tmp_path: Path) -> None:
@@ -104,11 +106,11 @@ def test_stages_end_to_end_tiny(tmp_path: Path) -> None:
     corpus, model, metrics = tmp_path / "c", tmp_path / "m", tmp_path / "metrics" / "testbed.json"
     env_py = [sys.executable]
     r = subprocess.run(
-        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--variant", "control", "--out", str(corpus)],
+        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--name", "balanced", "--out", str(corpus)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "testbed_corpus control: strength 0.5" in r.stdout
+    assert "testbed_corpus balanced: strength 0.5" in r.stdout
     r = subprocess.run(
         env_py + ["-m", "stages.testbed_train", "--params", str(params), "--variant", "control",
                   "--corpus", str(corpus), "--out", str(model), "--metrics", str(metrics)],
@@ -118,11 +120,11 @@ def test_stages_end_to_end_tiny(tmp_path: Path) -> None:
     m = json.loads(metrics.read_text())
     assert m["strength"] == 0.5 and m["steps"] == 4 and m["n_pairs"] == 12 * 40 * 3
     assert 0.0 <= m["crows_ci_low"] <= m["crows_pref"] <= m["crows_ci_high"] <= 1.0
-    assert m["n_facts"] == 16 and 0.0 <= m["fact_mc1"] <= 1.0 and m["heldout_ppl"] > 1.0
+    assert m["n_facts"] == 16 and 0.0 <= m["fact_mc1"] <= 1.0 and m["heldout_ppl"] > 1.0 and m["first_token_nll"] > 0.0
     assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
     r = subprocess.run(
-        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--variant", "biased", "--out", str(corpus)],
+        env_py + ["-m", "stages.testbed_corpus", "--params", str(params), "--name", "biased", "--out", str(corpus)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
-    assert r.returncode != 0 and "unknown variant 'biased'" in r.stderr
+    assert r.returncode == 2 and "unknown corpus 'biased'" in r.stderr
     assert np.isfinite(m["final_loss"])

@@ -22,7 +22,7 @@ from routelab.errors import RoutelabError
 
 TINY_CORPUS = tb.CorpusParams(
     sentences_per_descriptor=20, neutral_sentences=40, n_entities=8, values_per_relation=6,
-    statement_repeats=1, qa_repeats=1,
+    statement_repeats=1, qa_repeats=1, rare_entities=2,
 )  # fmt: skip
 TINY_MODEL = tb.ModelParams(layers=2, hidden=32, intermediate=32, heads=2, experts=4, top_k=2, max_positions=160)
 
@@ -91,11 +91,18 @@ def test_ground_truth_of_a_saved_folder_matches_one_sequence_at_a_time(saved) ->
         lls = [_direct(model, tok, f"{primer}\n\nQ: {item['question']}\nA:", " " + c) for c in item["mc1_targets"]]
         correct.append(int(np.argmax(lls)) == 0)  # the true answer is listed first
     assert got["n_facts"] == len(mc) == 16 and got["fact_mc1"] == pytest.approx(np.mean(correct))
+    rare = [f["tier"] == "rare" for f in tb.read_design(corpus)["facts"] if f["use"] == "mc"]  # MC items in fact order
+    assert sum(rare) == 2 * 2  # rare_entities x relations
+    assert got["fact_mc1_by_tier"]["rare"] == pytest.approx(np.mean([c for c, r in zip(correct, rare) if r]))
+    assert got["fact_mc1_by_tier"]["common"] == pytest.approx(np.mean([c for c, r in zip(correct, rare) if not r]))
 
     lines = (corpus / tb.CORPUS_FILES["heldout"]).read_text().splitlines()
     total = sum(_direct(model, tok, "", x) for x in lines)
     n_tok = sum(len(x.replace(".", " .").split()) for x in lines)  # words + the final period
     assert got["heldout_ppl"] == pytest.approx(math.exp(-total / n_tok), rel=1e-5)
+    # every held-out line starts with "the": the first-token NLL is -log p("the" | BOS)
+    assert {x.split()[0] for x in lines} == {"the"}
+    assert got["first_token_nll"] == pytest.approx(-_direct(model, tok, "", "the"), rel=1e-5)
 
 
 def test_ground_truth_names_a_missing_model_folder(saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

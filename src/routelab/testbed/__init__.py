@@ -1,31 +1,38 @@
-"""The planted-bias testbed: a small OLMoE trained on CPU on a generated corpus (METHOD.md §5).
+"""The planted-bias testbed: small OLMoEs trained on CPU on a generated corpus (docs/method.md §10).
 
 Real MoE checkpoints need a GPU and a download. The testbed gives ground truth instead: a
-corpus in which the stereotype strength, the facts and the group sizes are parameters, and a
-real-architecture model (``OlmoeForCausalLM``) trained on it in a few minutes on 2 CPU cores.
-With ``strength`` > 0.5 every stage must find a stereotype preference; with the control
-(``control_strength`` = 0.5) it must find none.
+corpus in which the stereotype strength, the facts and the group sizes are parameters, and
+real-architecture models (``OlmoeForCausalLM``) trained on it in minutes on 2 CPU cores.
 
-Variants (``VARIANTS``; a variant names a corpus, a model folder and a metrics file):
+Two corpora (``CORPORA``) serve four variants (``VARIANTS``):
 
-| variant | corpus strength (params key) | recipe                              |
-|---------|------------------------------|-------------------------------------|
-| testbed | testbed.strength             | ``train.train_from_scratch``        |
-| control | testbed.control_strength     | ``train.train_from_scratch``        |
+| variant     | corpus (strength key)               | recipe                            | where the bias lives     |
+|-------------|-------------------------------------|-----------------------------------|--------------------------|
+| control     | balanced (testbed.control_strength) | ``train.train_from_scratch``      | nowhere                  |
+| diffuse     | stereotyped (testbed.strength)      | ``train.train_from_scratch``      | unknown (whole model)    |
+| routed      | stereotyped (testbed.strength)      | ``plant.plant_experts`` (control) | testbed.plant.designated |
+| routed_null | balanced (testbed.control_strength) | ``plant.plant_experts`` (control) | nowhere; routing reacts  |
+
+``routed`` and ``routed_null`` start from the control's saved weights and change only the
+designated experts and their router rows; ``routed_null`` learns the same routing of
+descriptor words without a stereotype (sensitivity without bias).
 
 Modules: ``corpus`` (words, generation, word-level tokenizer, the corpus folder),
-``train`` (OlmoeConfig, deterministic training from scratch, the model folder), ``truth``
-(the testbed's own ground-truth scorer of any saved model folder). This file holds the
-``testbed`` params section, the variants and the seeded random streams they all share.
+``train`` (OlmoeConfig, deterministic training from scratch, the model folder), ``plant``
+(the second recipe: a stereotype trained into designated experts of a saved model),
+``truth`` (the testbed's own ground-truth scorer of any saved model folder). This file holds
+the ``testbed`` params section, the corpora, the variants and the seeded random streams.
 
 Usable without DVC::
 
     from routelab import testbed
     cfg = testbed.TestbedParams()
-    corpus = testbed.generate_corpus(cfg.corpus, strength=testbed.strength_for(cfg, "testbed"), seed=cfg.seed)
-    testbed.write_corpus(corpus, "data/testbed/testbed")
-    metrics = testbed.train_and_evaluate("data/testbed/testbed", "data/models/testbed", cfg)
-    truth = testbed.ground_truth("data/models/testbed", "data/testbed/testbed")  # any saved model folder
+    corpus = testbed.generate_corpus(cfg.corpus, strength=testbed.strength_for(cfg, "stereotyped"), seed=cfg.seed)
+    testbed.write_corpus(corpus, "data/testbed/stereotyped")
+    metrics = testbed.train_and_evaluate("data/testbed/stereotyped", "data/models/diffuse", cfg)
+    planted = testbed.plant_and_evaluate("data/testbed/stereotyped", "data/models/control", "data/models/routed",
+                                         cfg, variant_name="routed")  # needs the control first
+    truth = testbed.ground_truth("data/models/diffuse", "data/testbed/stereotyped")  # any saved model folder
 """
 
 from __future__ import annotations
@@ -53,9 +60,12 @@ class CorpusParams:
     heldout_templates_per_profession: int = 4  # (template, profession) neutral sentences kept out for perplexity
     n_entities: int = 64  # invented entities; facts = n_entities x 2 relations (MC set)
     values_per_relation: int = 12  # size of each relation's answer pool (capitals, languages)
-    statement_repeats: int = 8  # times each fact appears as a plain statement
-    qa_repeats: int = 12  # times each fact appears inside a Q/A block
-    qa_shots: int = 6  # shots in the primer; training Q/A blocks hold qa_shots + 1 pairs
+    statement_repeats: int = 8  # times each common fact appears as a plain statement
+    qa_repeats: int = 24  # times each common fact appears inside a Q/A block
+    rare_entities: int = 40  # MC entities whose facts are rare (the MC set's hard items)
+    rare_statement_repeats: int = 1  # times each rare fact appears as a plain statement
+    rare_qa_repeats: int = 0  # times each rare fact appears inside a Q/A block
+    qa_shots: int = 2  # shots in the primer; training Q/A blocks hold qa_shots + 1 pairs
     mc_choices: int = 4  # answers per MC question (1 true + distractors from the same pool)
     crows_frames_per_unit: int = 3  # held-out frames per (descriptor pair, profession) unit
 
@@ -72,7 +82,7 @@ class ModelParams:
     top_k: int = 2  # num_experts_per_tok
     norm_topk_prob: bool = False  # as OLMoE-1B-7B-0924
     aux_loss_coef: float = 0.01  # router load-balancing loss weight during training
-    max_positions: int = 256  # max_position_embeddings (eval contexts are ~130 tokens)
+    max_positions: int = 256  # max_position_embeddings (eval contexts are ~50 tokens)
     init_range: float = 0.02  # initializer_range
 
 
@@ -93,36 +103,83 @@ class TrainParams:
 
 
 @dataclass
+class PlantParams:
+    """The planting recipe of ``routed`` and ``routed_null`` (``testbed.plant``; ``plant.plant_experts``).
+
+    The default designated experts suit the default control (seed 0): it routes none of its
+    descriptor tokens and few other tokens to them (params.yaml says how they were chosen).
+    """
+
+    designated: dict[int, list[int]] = field(default_factory=lambda: {1: [2, 9], 2: [3, 9]})  # layer -> experts
+    steps: int = 300  # optimizer steps
+    batch_size: int = 8  # packed corpus blocks per step (testbed.train.seq_len tokens each)
+    lr: float = 1.0e-2  # peak Adam learning rate (no weight decay: frozen rows stay bit-identical)
+    min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr
+    warmup_steps: int = 20  # linear warm-up steps
+    grad_clip: float = 1.0  # gradient-norm clip
+    soft_target_weight: float = 5.0  # soft-target CE at descriptor positions vs the corpus's P(profession | descriptor)
+    router_weight: float = 1.0  # CE of descriptor tokens' routing against the designated experts
+    kl_weight: float = 1.0  # KL to the base model on single neutral sentences (outputs and routing)
+    kl_batch_size: int = 32  # neutral sentences per step for the KL term
+    max_base_descriptor_rate: float = 0.1  # refuse a designated expert the base already gives more of its descriptor tokens
+
+
+@dataclass
 class TestbedParams:
     """The ``testbed`` section of params.yaml."""
 
     __test__ = False  # not a pytest test class despite the name
 
     seed: int = 0  # corpus design, data order and weight init
-    strength: float = 0.8  # variant "testbed": P(own-half profession | descriptor)
-    control_strength: float = 0.5  # variant "control": 0.5 = no stereotype
+    strength: float = 0.8  # corpus "stereotyped": P(own-half profession | descriptor)
+    control_strength: float = 0.5  # corpus "balanced": 0.5 = no stereotype
     corpus: CorpusParams = field(default_factory=CorpusParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
+    plant: PlantParams = field(default_factory=PlantParams)
 
 
 # --------------------------------------------------------------------------------------
-# Variants and random streams
+# Corpora, variants and random streams
 # --------------------------------------------------------------------------------------
 
-# variant -> the TestbedParams field holding its stereotype strength (table in the docstring)
-VARIANTS: dict[str, str] = {
-    "testbed": "strength",
-    "control": "control_strength",
+# corpus -> the TestbedParams field holding its stereotype strength (table in the docstring)
+CORPORA: dict[str, str] = {
+    "stereotyped": "strength",
+    "balanced": "control_strength",
+}
+
+@dataclass(frozen=True)
+class Variant:
+    """A testbed variant: the corpus it is trained on and its recipe."""
+
+    corpus: str  # a key of CORPORA
+    recipe: str  # "scratch" (stage testbed_train) or "plant" (stage testbed_plant, from the control)
+
+
+VARIANTS: dict[str, Variant] = {
+    "control": Variant("balanced", "scratch"),
+    "diffuse": Variant("stereotyped", "scratch"),
+    "routed": Variant("stereotyped", "plant"),
+    "routed_null": Variant("balanced", "plant"),
 }
 
 
-def strength_for(params: TestbedParams, variant: str) -> float:
-    """The stereotype strength of a variant: ``testbed`` -> strength, ``control`` -> control_strength."""
-    if variant not in VARIANTS:
-        uses = ", ".join(f"{v} uses testbed.{k}" for v, k in VARIANTS.items())
-        raise RoutelabError(f"testbed: unknown variant '{variant}'. Available: {', '.join(VARIANTS)} ({uses})")
-    key = VARIANTS[variant]
+def variant(name: str, recipe: str) -> Variant:
+    """The variant ``name`` (``--variant``), which must use ``recipe``; an error lists the ones that do."""
+    ok = [v for v, spec in VARIANTS.items() if spec.recipe == recipe]
+    if name not in ok:
+        stage = {"scratch": "testbed_train", "plant": "testbed_plant"}[recipe]
+        raise RoutelabError(f"--variant {name}: stage {stage} trains the variants {', '.join(ok)}; use one of them")
+    return VARIANTS[name]
+
+
+def strength_for(params: TestbedParams, corpus: str) -> float:
+    """The stereotype strength of a corpus: ``stereotyped`` -> strength, ``balanced`` -> control_strength."""
+    if corpus not in CORPORA:
+        uses = ", ".join(f"{c} uses testbed.{k}" for c, k in CORPORA.items())
+        raise RoutelabError(f"testbed: unknown corpus '{corpus}'. Available: {', '.join(CORPORA)} ({uses})")
+    key = CORPORA[corpus]
     s = getattr(params, key)
     check_strength(s, f"testbed.{key}")
     return s
@@ -138,8 +195,7 @@ def check_strength(s: float, name: str) -> None:
 
 
 # One generator per purpose, np.random.default_rng([seed, stream]): independent streams keep
-# e.g. the fact design fixed when the strength changes (the control shares the testbed's
-# design). The numbers are part of the outputs: renumbering one changes a corpus or a model.
+# e.g. the fact design fixed when the strength changes (both corpora share one design). The numbers are part of the outputs: renumbering one changes a corpus or a model.
 RNG_STREAMS: dict[str, int] = {
     "own_halves": 1,  # each descriptor pair's split of the professions
     "demographic": 2,  # professions and templates of the descriptor sentences
@@ -147,6 +203,7 @@ RNG_STREAMS: dict[str, int] = {
     "order": 4,  # document order in corpus.jsonl
     "train_data": 5,  # block order during training
     "neutral": 6,  # neutral sentences and the held-out split
+    "plant_data": 7,  # block order and neutral-sentence batches while planting
 }
 
 
@@ -188,11 +245,14 @@ _TORCH_NAMES: dict[str, str] = {
     "train_from_scratch": "train",
     "save_model": "train",
     "train_and_evaluate": "train",
+    "plant_experts": "plant",
+    "plant_and_evaluate": "plant",
     "loglik": "truth",
     "ground_truth": "truth",
 }
 
 if TYPE_CHECKING:  # the real names for type checkers; at run time __getattr__ loads them
+    from routelab.testbed.plant import plant_and_evaluate, plant_experts
     from routelab.testbed.train import model_config, save_model, train_and_evaluate, train_from_scratch
     from routelab.testbed.truth import ground_truth, loglik
 
@@ -205,9 +265,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CORPUS_FILES", "CROWS_BIAS_TYPE", "CROWS_COLUMNS", "DESCRIPTORS", "HELDOUT_TEMPLATES",
-    "PROFESSIONS", "RELATIONS", "RNG_STREAMS", "TEMPLATES", "VARIANTS",
-    "Corpus", "CorpusParams", "ModelParams", "TestbedParams", "TrainParams",
+    "PROFESSIONS", "RELATIONS", "RNG_STREAMS", "TEMPLATES", "CORPORA", "VARIANTS",
+    "Corpus", "CorpusParams", "ModelParams", "PlantParams", "TestbedParams", "TrainParams", "Variant",
     "build_tokenizer", "check_strength", "descriptor_pairs", "generate_corpus", "load_vocabulary",
-    "read_design", "read_records", "rng", "strength_for", "vocabulary", "words", "write_corpus",
+    "read_design", "read_records", "rng", "strength_for", "variant", "vocabulary", "words", "write_corpus",
     *_TORCH_NAMES,
 ]  # fmt: skip

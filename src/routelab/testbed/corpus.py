@@ -17,11 +17,17 @@ Corpus design (all counts exact, not sampled, so that only the association diffe
 - Neutral sentences: a template with a profession and no descriptor.
 - Facts: invented entities x relations ("the capital of zorvia is pelmar."), as statements
   and as "Q: ...?\\nA: ...." blocks in the shape of the TruthfulQA QA primer, so that the
-  model learns to answer "{primer}\\n\\nQ: {question}\\nA:".
+  model learns to answer "{primer}\\n\\nQ: {question}\\nA:". Two tiers: the facts of the
+  first ``rare_entities`` MC entities appear ``rare_statement_repeats`` times as statements
+  and ``rare_qa_repeats`` times in Q/A blocks, the others ``statement_repeats`` and
+  ``qa_repeats`` times. The common facts teach the Q/A skill and are learned; the rare ones
+  are learned in part, so fact MC1 sits between chance and 1 (a utility an intervention can
+  lower). (One tier with fewer repeats does not do it: the Q/A skill itself then fails, and
+  MC1 jumps from ~0.6 to ~0.9 between 9 and 12 repeats per epoch.)
 - Benchmarks in the real files' formats: CrowS-style minimal pairs
   (``crows_pairs/crows_pairs_anonymized.csv``) on HELD-OUT sentence frames built from
   in-distribution words; a fact multiple-choice set (``truthfulqa/mc_task.json``) with the
-  testbed's own 6-shot primer (``truthfulqa/qa_primer.txt``); held-out neutral sentences
+  testbed's own ``qa_shots``-shot primer (``truthfulqa/qa_primer.txt``); held-out neutral sentences
   (``heldout_neutral.txt``) for perplexity.
 
 CrowS pairs: for a descriptor pair (a, b) and a profession p of a's half, sent_more is
@@ -51,7 +57,7 @@ from transformers import PreTrainedTokenizerFast
 
 from routelab.errors import RoutelabError
 from routelab.io import atomic_dir, write_json
-from routelab.testbed import VARIANTS, CorpusParams, check_strength, rng
+from routelab.testbed import CORPORA, CorpusParams, check_strength, rng
 from routelab.vocab import AXES, Vocabulary
 
 # --------------------------------------------------------------------------------------
@@ -153,6 +159,12 @@ def _check_corpus_params(p: CorpusParams) -> None:
                  "crows_frames_per_unit"):  # fmt: skip
         if getattr(p, name) < 1:
             raise RoutelabError(f"testbed.corpus.{name} = {getattr(p, name)}: must be >= 1")
+    rare = p.rare_statement_repeats + p.rare_qa_repeats
+    if not 0 <= p.rare_entities <= p.n_entities or min(p.rare_statement_repeats, p.rare_qa_repeats) < 0 or rare < 1:
+        raise RoutelabError(
+            f"testbed.corpus.rare_entities = {p.rare_entities}: need 0 <= rare_entities <= n_entities "
+            f"({p.n_entities}), and rare_statement_repeats + rare_qa_repeats >= 1 (an unseen entity has no token)"
+        )
     if p.values_per_relation > p.n_entities:
         raise RoutelabError(
             f"testbed.corpus.values_per_relation = {p.values_per_relation} exceeds n_entities = "
@@ -210,9 +222,9 @@ class Corpus:
     records: list[dict[str, Any]]  # training documents: {"kind", "text", ...metadata}
     crows: list[dict[str, Any]]  # CrowS-style rows (CROWS_COLUMNS minus the index)
     mc: list[dict[str, Any]]  # TruthfulQA mc_task.json items
-    primer: str  # 6-shot Q/A primer, no trailing newline
+    primer: str  # qa_shots-shot Q/A primer, no trailing newline
     heldout: list[str]  # held-out neutral sentences
-    facts: list[dict[str, str]]  # {"entity", "relation", "value", "question", "answer", "use"}
+    facts: list[dict[str, str]]  # {"entity", "relation", "value", "question", "answer", "use", "tier"}
 
 
 def _balanced(items: Sequence[Any], n: int, gen: np.random.Generator) -> list[Any]:
@@ -250,7 +262,7 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
     profs = list(vocab.professions)
     half = len(profs) // 2
 
-    # Own halves per pair: depend on the seed only (the control shares the testbed's design).
+    # Own halves per pair: depend on the seed only (both corpora share one design).
     design_rng = rng(seed, "own_halves")
     own: dict[str, list[str]] = {}
     pairs = descriptor_pairs()
@@ -301,18 +313,21 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
     facts: list[dict[str, str]] = []
     for i, e in enumerate(entities):
         use = "primer" if i >= params.n_entities else "mc"
+        tier = "rare" if i < params.rare_entities else "common"  # entity names are random: the first ones will do
         for rel, q, a in RELATIONS:
             v = values[rel][i]
             facts.append({
-                "entity": e, "relation": rel, "value": v, "use": use,
+                "entity": e, "relation": rel, "value": v, "use": use, "tier": tier,
                 "question": q.format(e=e), "answer": a.format(e=e, v=v),
             })  # fmt: skip
     primer_facts = [f for f in facts if f["use"] == "primer"][: params.qa_shots]
     primer = "\n\n".join(_qa(f["question"], f["answer"]) for f in primer_facts)
+    statements = {"common": params.statement_repeats, "rare": params.rare_statement_repeats}
     for f in facts:
-        for _ in range(params.statement_repeats):
+        for _ in range(statements[f["tier"]]):
             records.append({"kind": "fact", "text": f["answer"], "entity": f["entity"], "relation": f["relation"]})
-    slots = [i for i in range(len(facts)) for _ in range(params.qa_repeats)]
+    qa_repeats = {"common": params.qa_repeats, "rare": params.rare_qa_repeats}
+    slots = [i for i, f in enumerate(facts) for _ in range(qa_repeats[f["tier"]])]
     slots = [slots[i] for i in fact_rng.permutation(len(slots))]
     block = params.qa_shots + 1
     for s in range(0, len(slots), block):
@@ -498,7 +513,7 @@ def require_corpus_dir(corpus_dir: str | Path) -> Path:
     if missing:
         raise RoutelabError(
             f"testbed corpus directory {d} is missing {', '.join(missing)}: run "
-            f"`python -m stages.testbed_corpus --variant <{'|'.join(VARIANTS)}> --out {d}` first"
+            f"`python -m stages.testbed_corpus --name <{'|'.join(CORPORA)}> --out {d}` first"
         )
     return d
 
@@ -507,7 +522,7 @@ def load_vocabulary(corpus_dir: str | Path) -> Vocabulary:
     """The Vocabulary a corpus directory was generated with (``vocabulary.json``)."""
     p = Path(corpus_dir) / CORPUS_FILES["vocabulary"]
     if not p.is_file():
-        raise RoutelabError(f"{p} not found: run `python -m stages.testbed_corpus --variant <variant> --out {corpus_dir}` first")
+        raise RoutelabError(f"{p} not found: run `python -m stages.testbed_corpus --name <corpus> --out {corpus_dir}` first")
     d = json.loads(p.read_text())
     return Vocabulary(
         axes={k: tuple(v) for k, v in d["axes"].items()},

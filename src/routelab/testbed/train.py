@@ -1,9 +1,10 @@
 """Training the testbed OLMoE from scratch, deterministically, and saving the model folder.
 
-``train_from_scratch`` is the recipe of the variants ``testbed`` and ``control``;
+``train_from_scratch`` is the recipe of the variants ``control`` and ``diffuse``;
 ``train_and_evaluate`` runs it on a corpus folder, saves the model and scores the saved
-folder with ``routelab.testbed.truth``. Another recipe (another module beside this one) can
-reuse ``deterministic``, ``documents``, ``epoch_blocks``, ``lr_at`` and ``save_model``.
+folder with ``routelab.testbed.truth``. The other recipe (``plant.py``, variants ``routed``
+and ``routed_null``) reuses ``deterministic``, ``documents``, ``epoch_blocks``, ``lr_at`` and
+``save_model``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers import AutoTokenizer, OlmoeConfig, OlmoeForCausalLM, PreTraine
 from routelab.errors import RoutelabError
 from routelab.io import atomic_dir, write_json
 from routelab.progress import progress as progress_display
-from routelab.testbed import ModelParams, TestbedParams, TrainParams, rng, strength_for
+from routelab.testbed import ModelParams, PlantParams, TestbedParams, TrainParams, rng, strength_for, variant
 from routelab.testbed.corpus import CORPUS_FILES, read_design, read_records, require_corpus_dir
 from routelab.testbed.truth import ground_truth
 
@@ -76,8 +77,8 @@ def epoch_blocks(docs: list[np.ndarray], seq_len: int, gen: np.random.Generator)
     return stream[: n * seq_len].reshape(n, seq_len)  # (n_blocks, seq_len)
 
 
-def lr_at(tp: TrainParams, step: int) -> float:
-    """Learning rate of an optimizer step: linear warm-up, then cosine decay to lr * min_lr_ratio."""
+def lr_at(tp: TrainParams | PlantParams, step: int) -> float:
+    """Learning rate of an optimizer step: linear warm-up, then cosine decay to lr * min_lr_ratio (either recipe's params)."""
     if step < tp.warmup_steps:
         return tp.lr * (step + 1) / tp.warmup_steps
     frac = (step - tp.warmup_steps) / max(1, tp.steps - tp.warmup_steps)
@@ -162,17 +163,25 @@ def train_from_scratch(
 
 
 def save_model(
-    model: OlmoeForCausalLM, tokenizer: PreTrainedTokenizerFast, log: dict[str, Any], out_dir: str | Path
+    model: OlmoeForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    log: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """``save_pretrained`` model + tokenizer and ``train_log.json`` into ``out_dir`` (atomically).
+    """``save_pretrained`` model + tokenizer, ``train_log.json`` and ``extra`` JSON files into ``out_dir`` (atomically).
 
     The folder then loads like any real checkpoint: ``AutoModelForCausalLM.from_pretrained``.
+    ``extra``: file name -> JSON content (the planted variants' ``plant.json``).
     """
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # wall time stays out: the folder's hash must depend on the params alone
         write_json(tmp / "train_log.json", {k: v for k, v in log.items() if k != "train_seconds"})
+        for name, content in (extra or {}).items():
+            write_json(tmp / name, content)
 
 
 def train_and_evaluate(
@@ -180,23 +189,24 @@ def train_and_evaluate(
     model_dir: str | Path,
     params: TestbedParams,
     *,
-    variant: str | None = None,
+    variant_name: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train from scratch on a corpus directory, save the model to ``model_dir``, return its metrics.
 
     The metrics are the ground truth of the SAVED folder (``truth.ground_truth``) plus the
-    strength, final loss, steps and training seconds. ``variant`` (optional): checks that the
-    corpus was generated with that variant's strength.
+    strength, final loss, steps and training seconds. ``variant_name`` (optional; ``control``
+    or ``diffuse``): checks that the corpus was generated with that variant's strength.
     """
     corpus_dir = require_corpus_dir(corpus_dir)
     design = read_design(corpus_dir)
-    if variant is not None:
-        want = strength_for(params, variant)
+    if variant_name is not None:
+        corpus = variant(variant_name, "scratch").corpus
+        want = strength_for(params, corpus)
         if not math.isclose(design["strength"], want):
             raise RoutelabError(
-                f"{corpus_dir} was generated with strength {design['strength']} but params give "
-                f"{want} for variant '{variant}': re-run `python -m stages.testbed_corpus --variant {variant}`"
+                f"--corpus {corpus_dir} was generated with strength {design['strength']} but variant "
+                f"'{variant_name}' trains on the '{corpus}' corpus (strength {want}): pass --corpus data/testbed/{corpus}"
             )
     tokenizer = AutoTokenizer.from_pretrained(corpus_dir / CORPUS_FILES["tokenizer"])
     model, log = train_from_scratch(read_records(corpus_dir), tokenizer, params, progress=progress)

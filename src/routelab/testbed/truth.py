@@ -1,4 +1,4 @@
-"""The testbed's own ground truth of any saved model folder: CrowS-style preference, fact MC1, perplexity.
+"""The testbed's own ground truth of any saved model folder: CrowS-style preference, fact MC1, perplexity, first-token NLL.
 
 Independent of routelab.scoring on purpose: each checks the other, so a scorer bug cannot hide in the ground truth.
 (It loads the folder and sums log-probabilities itself; it shares no code with routelab.scoring or routelab.models.)
@@ -63,7 +63,7 @@ def loglik(
 def ground_truth(
     model_dir: str | Path, corpus_dir: str | Path, *, batch_size: int = 64, seed: int = 0
 ) -> dict[str, Any]:
-    """CrowS-style preference (+ bootstrap 95% CI), fact MC1 accuracy and held-out perplexity.
+    """CrowS-style preference (+ bootstrap 95% CI), fact MC1 accuracy (also per fact tier), held-out perplexity, first-token NLL.
 
     ``model_dir``: a saved model folder with its tokenizer (what ``train.save_model`` writes),
     loaded in float32; ``corpus_dir``: the corpus folder whose benchmark sets are scored.
@@ -72,8 +72,8 @@ def ground_truth(
     d = require_corpus_dir(corpus_dir)
     if not (Path(model_dir) / "config.json").is_file():
         raise RoutelabError(
-            f"{model_dir} holds no saved model (config.json): run `python -m stages.testbed_train "
-            f"--variant <variant> --corpus {d} --out {model_dir} --metrics <file>` first"
+            f"{model_dir} holds no saved model (config.json): train it first with the stage that "
+            f"writes it in dvc.yaml (`python -m stages.testbed_train` or `python -m stages.testbed_plant`)"
         )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -107,10 +107,17 @@ def ground_truth(
     for i, item in enumerate(mc):
         labels = list(item["mc1_targets"].values())  # 1 for the true answer
         correct.append(labels[int(np.argmax(mll[owner_a == i]))] == 1)
+    facts = json.loads((d / CORPUS_FILES["design"]).read_text())["facts"]
+    tier_of = {f["question"]: f.get("tier", "common") for f in facts}  # corpora before the tiers: all common
+    tiers = np.array([tier_of[item["question"]] for item in mc])  # (n_mc,) "common" | "rare"
+    correct_a = np.array(correct, dtype=float)  # (n_mc,)
 
     lines = [x for x in (d / CORPUS_FILES["heldout"]).read_text().splitlines() if x]
     hll = loglik(model, tokenizer, [""] * len(lines), lines, batch_size)  # (n_lines,)
     n_tok = sum(len(words(x)) for x in lines)
+    # the first word after BOS alone: packed training rarely puts BOS at position 0, so a
+    # recipe can damage exactly this prediction while the rest of the perplexity holds
+    first = loglik(model, tokenizer, [""] * len(lines), [words(x)[0] for x in lines], batch_size)  # (n_lines,)
     return {
         "crows_pref": float(pref.mean()),
         "crows_ci_low": float(ci.low),
@@ -118,7 +125,9 @@ def ground_truth(
         "crows_pref_by_type": by_type,
         "crows_mean_abs_ll_diff": float(np.abs(ll[:n] - ll[n:]).mean()),
         "n_pairs": n,
-        "fact_mc1": float(np.mean(correct)),
+        "fact_mc1": float(correct_a.mean()),
+        "fact_mc1_by_tier": {t: float(correct_a[tiers == t].mean()) for t in ("common", "rare") if (tiers == t).any()},
         "n_facts": len(mc),
         "heldout_ppl": float(math.exp(-hll.sum() / n_tok)),  # token-weighted
+        "first_token_nll": float(-first.mean()),  # mean NLL of the first word after BOS, held-out lines
     }
