@@ -59,13 +59,13 @@ class ModelSpec:
 
     def from_source(self, source: str) -> "ModelSpec":
         """Record where the user wrote this spec, for error messages: ``"cli"`` (the routelab
-        flags) or a params key (``models.testbed``). Not a field: params and pinned specs
+        flags) or a params key (``models.<name>``). Not a field: params and pinned specs
         (hub_model) never see it. Returns the spec."""
         self._source = source
         return self
 
     def setting(self, name: str) -> str:
-        """How the user wrote setting ``name``: ``--device`` or ``models.testbed.device``."""
+        """How the user wrote setting ``name``: ``--device`` or ``models.<name>.device``."""
         source = getattr(self, "_source", None)
         if source == "cli":
             return CLI_FLAGS.get(name, name)
