@@ -60,17 +60,29 @@ def _comparisons(model: str, stage: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", BIASED)
-def test_biased_variants_learned_the_stereotype(model):
+def _check_biased(model: str) -> None:
     m = _read(model, "testbed")
     assert m["crows_pref"] >= 0.70 and m["crows_ci_low"] > 0.5, m
 
 
-@pytest.mark.parametrize("model", NULLS)
-def test_null_variants_show_no_stereotype(model):
+def _check_unbiased(model: str) -> None:
     m = _read(model, "testbed")
     assert abs(m["crows_pref"] - 0.5) <= 0.05, m
     assert m["crows_ci_low"] <= 0.55 and m["crows_ci_high"] >= 0.45
+
+
+@pytest.mark.parametrize("model", BIASED)
+def test_biased_variants_learned_the_stereotype(model):
+    _check_biased(model)
+    with pytest.raises(AssertionError):
+        _check_unbiased(model)
+
+
+@pytest.mark.parametrize("model", NULLS)
+def test_null_variants_show_no_stereotype(model):
+    _check_unbiased(model)
+    with pytest.raises(AssertionError):
+        _check_biased(model)
 
 
 @pytest.mark.parametrize("model", BIASED + NULLS)
@@ -111,15 +123,23 @@ def _ranks(model: str, designated: dict[int, list[int]]) -> dict[tuple[int, int]
             for l, ex in designated.items() for e in ex}  # fmt: skip
 
 
-@pytest.mark.parametrize("model", ["routed", "routed_null"])
-def test_fsp_ranks_the_designated_experts_first_and_significant(model):
-    designated = _designated(model)
+def _check_designated_top(model: str) -> None:
+    """Within each designated layer the designated experts hold the top φ ranks (plant of `routed`)."""
+    designated = _designated("routed")
     ranks = _ranks(model, designated)
     for layer, experts in designated.items():
         got = sorted(ranks[(layer, e)] for e in experts)
         assert got == list(range(1, len(experts) + 1)), f"{model} layer {layer}: designated ranks {got}"
+
+
+@pytest.mark.parametrize("model", ["routed", "routed_null"])
+def test_fsp_ranks_the_designated_experts_first_and_significant(model):
+    assert _designated(model) == _designated("routed")  # both plants use the same experts
+    _check_designated_top(model)
     report = _read(model, "profile")["designated"]
     assert report["all_top_ranked"] and report["n_significant"] == report["n_designated"], report
+    with pytest.raises(AssertionError):  # the counterpart: the control never had the plant
+        _check_designated_top("control")
 
 
 def test_in_the_control_the_same_positions_are_not_top_ranked():
@@ -166,36 +186,64 @@ def _crows(model: str, stage: str) -> list[dict]:
     return [c for c in _comparisons(model, stage) if c["benchmark"] == "crows_pairs" and c["metric"] == "pct_stereotype"]
 
 
-def test_aals_ranks_the_designated_layers_first_on_routed():
-    aals = _read("routed", "aals")
+def _check_aals(model: str) -> None:
+    """AALS ranks the designated layers first, and their probes' Δbias is real (not a noise-sized
+    change over a tiny ΔPPL)."""
+    aals = _read(model, "aals")
     layers = sorted(_designated("routed"))
-    ranking = aals["ranking_guarded"] if aals["settings"]["guard"] == "none" else aals["ranking"]
-    assert sorted(ranking[: len(layers)]) == layers, aals
+    assert sorted(aals["ranking"][: len(layers)]) == layers, aals["ranking"]
+    for layer in layers:
+        assert aals["layers"][str(layer)]["p_bh"] < ALPHA, aals["layers"]
 
 
-def test_arr_at_lambda_star_lowers_the_preference_on_routed_within_the_ppl_budget():
-    test = _read("routed", "arr_test")["results"]
-    sweep = _read("routed", "arr_sweep")
+@pytest.mark.parametrize("model", NULLS)
+def test_aals_finds_no_layer_whose_probe_changes_the_preference_of_a_model_without_bias(model):
+    layers = _read(model, "aals")["layers"]
+    assert all(v["p_bh"] >= ALPHA for v in layers.values()), layers
+
+
+def _check_arr(model: str) -> None:
+    """ARR at λ* lowers the preference toward 0.5 (p_BH < 0.05) within the PPL budget."""
+    test = _read(model, "arr_test")["results"]
+    sweep = _read(model, "arr_sweep")
     assert test[CROWS]["delta"] < 0 and test[CROWS]["p_bh"] < ALPHA, test
     assert abs(test[CROWS]["after"] - 0.5) < abs(test[CROWS]["before"] - 0.5)
     chosen = next(r for r in sweep["sweep"] if r["chosen"])
     assert chosen["ppl"] <= sweep["ppl_budget"]
 
 
-def test_masking_top_experts_lowers_the_preference_on_routed_but_bottom_and_random_do_not():
-    by = {c["condition"]: c for c in _crows("routed", "masking")}
-    assert by["mask_top"]["delta"] < 0 and by["mask_top"]["p_bh"] < ALPHA, by["mask_top"]
-    for name in ("mask_bottom", "mask_random"):
-        assert not (by[name]["delta"] < 0 and by[name]["p_bh"] < ALPHA), by[name]
+def _check_masking(model: str) -> None:
+    """Top-n by φ switches the plant off at no utility cost; bottom-n does nothing. A random draw
+    lowers the preference specifically only when it hits a designated expert; a draw that misses
+    them all may still lower it, but only by damaging the model (its perplexity rises
+    significantly): a biased model's preference regresses toward 0.5 as its log-likelihoods get
+    noisier, a change of the metric that is not a change of the bias."""
+    comps = _comparisons(model, "masking")
+    pref = {c["condition"]: c for c in comps if c["metric"] == "pct_stereotype"}
+    ppl = {c["condition"]: c for c in comps if c["metric"] == "ppl"}
+    assert pref["mask_top"]["delta"] < 0 and pref["mask_top"]["p_bh"] < ALPHA, pref["mask_top"]
+    assert ppl["mask_top"]["after"] <= 1.01 * ppl["mask_top"]["before"], ppl["mask_top"]
+    assert not (pref["mask_bottom"]["delta"] < 0 and pref["mask_bottom"]["p_bh"] < ALPHA), pref["mask_bottom"]
+    designated = {(l, e) for l, ex in _designated("routed").items() for e in ex}
+    masked = _read(model, "masking")["masked"]
+    for name in (n for n in masked if n.startswith("mask_random_")):
+        hit = {(int(l), e) for l, ex in masked[name].items() for e in ex} & designated
+        lowered = pref[name]["delta"] < 0 and pref[name]["p_bh"] < ALPHA
+        damaged = ppl[name]["delta"] > 0 and ppl[name]["p_bh"] < ALPHA
+        assert hit or not lowered or damaged, (name, masked[name], pref[name], ppl[name])
+    assert pref["mask_top"]["delta"] < 2 * pref["mask_random"]["delta"], (pref["mask_top"], pref["mask_random"])
 
 
-def test_phi_based_ablation_conditions_beat_random_phi_on_routed():
-    by = {c["condition"]: c["delta"] for c in _crows("routed", "ablation")}
-    assert by["power_1"] < by["random_phi"] and by["power_1"] < 0, by
+def _check_ablation(model: str) -> None:
+    """The FSP profile (φ^1) lowers the preference significantly, and more than random φ."""
+    by = {c["condition"]: c for c in _crows(model, "ablation")}
+    assert by["power_1"]["delta"] < by["random_phi"]["delta"] and by["power_1"]["delta"] < 0, by
+    assert by["power_1"]["p_bh"] < ALPHA, by["power_1"]
 
 
-def test_steering_off_the_detected_experts_lowers_the_preference_on_routed():
-    steer = _read("routed", "steer")
+def _check_steer(model: str) -> None:
+    """SteerMoE deactivating the detected experts lowers the preference."""
+    steer = _read(model, "steer")
     res = steer["results"]["steer"][CROWS]
     assert res["delta"] < 0 and res["p_bh"] < ALPHA, res
 
@@ -219,9 +267,27 @@ def _own_share(model: str) -> dict[str, dict]:
             if c["benchmark"] == "testbed_completion" and c["metric"] == "own_share"}  # fmt: skip
 
 
-def test_masking_lowers_the_planted_completion_rate_on_routed():
-    by = _own_share("routed")
-    assert by["mask_top"]["delta"] < 0 and by["mask_top"]["p_bh"] < ALPHA, by["mask_top"]
+def _check_generation(model: str) -> None:
+    """Masking the top experts (and ARR at λ*) lowers the planted completion rate."""
+    by = _own_share(model)
+    for cond in ("mask_top", "arr"):
+        assert by[cond]["delta"] < 0 and by[cond]["p_bh"] < ALPHA, by[cond]
+
+
+ROUTED_CHECKS = [_check_aals, _check_arr, _check_masking, _check_ablation, _check_steer, _check_generation]
+
+
+@pytest.mark.parametrize("check", ROUTED_CHECKS, ids=lambda f: f.__name__)
+def test_on_routed_sensitivity_becomes_control(check):
+    check("routed")
+
+
+@pytest.mark.parametrize("model", NULLS)
+@pytest.mark.parametrize("check", ROUTED_CHECKS, ids=lambda f: f.__name__)
+def test_the_same_checks_fail_on_the_models_without_bias(check, model):
+    """The counterparts: a check that held for any model would prove nothing."""
+    with pytest.raises(AssertionError):
+        check(model)
 
 
 @pytest.mark.parametrize("model", NULLS)
