@@ -47,8 +47,8 @@ from routelab.errors import RoutelabError
 from routelab.evaluate import BenchParams, item_table_path, load_benchmarks
 from routelab.io import write_json, write_parquet
 from routelab.models import LoadedModel, ModelSpec
-from routelab.routing import attach
-from routelab.scoring import LL, encode_pair, prefix_token_id, rolling_windows, score_tokens
+from routelab.routing import LayerFork, attach
+from routelab.scoring import LL, encode_pair, prefix_token_id, rolling_windows, score_tokens, score_tokens_forked
 from routelab.statistics import N_BOOTSTRAP, N_PERMUTATIONS, Comparison, StatsParams, compare_paired, with_bh
 from routelab.tables import ITEM_KEY, load_item_results
 
@@ -157,9 +157,13 @@ def score_conditions(
     *,
     progress: bool = True,
     label: str = "conditions",
+    fork: bool = True,
 ) -> dict[str, dict[str, pl.DataFrame]]:
     """Per-item rows of every condition on every benchmark of the suite, in one pass per benchmark.
 
+    With ``fork`` (and a family that allows it, and no prompt prefix among the conditions) the
+    layers before each condition's first edited layer are computed once per batch; otherwise
+    each condition's replica of a request is its own batch row. Both give the same scores.
     Returns {condition name: {benchmark: rows}} (rows as ``bench.per_item`` makes them).
     """
     names = [c.name for c in conditions]
@@ -168,9 +172,28 @@ def score_conditions(
         raise RoutelabError(f"conditions {dup} appear twice: every condition needs its own name")
     out: dict[str, dict[str, pl.DataFrame]] = {c.name: {} for c in conditions}
     max_length = suite.max_length or getattr(lm.model.config, "max_position_embeddings", None)
-    with attach(lm, conditions=[c.edit for c in conditions]) as session:
+    fork = fork and lm.adapter.layer_fork and not any(c.prefix for c in conditions)
+    edits = [c.edit for c in conditions] + ([None] if fork else [])  # the fork's trunk runs unedited
+    with attach(lm, conditions=edits) as session:
         for name, (bench, items) in suite.benches.items():
             cache: dict = {}
+            desc = f"{label} {name} ({len(conditions)} conditions)"
+            if fork:
+                # Every condition scores the same requests: one forward per batch computes the
+                # layers before each condition's first edited layer once (routing.LayerFork).
+                reqs, owner = _token_requests(lm.tokenizer, bench, items, "", max_length, cache)
+                firsts = [min(c.edit.layers) if c.edit is not None and c.edit.layers else None for c in conditions]
+                # rows after the last fork: C × B; B keeps them within 4 × the model's batch size
+                B = max(1, min(lm.spec.batch_size, 4 * lm.spec.batch_size // len(conditions)))
+                lls = score_tokens_forked(
+                    lm.model, reqs, LayerFork(lm.model, session, firsts), len(conditions), batch_size=B,
+                    max_length=max_length, pad_token_id=lm.tokenizer.pad_token_id or 0, progress=progress,
+                    description=desc,
+                )  # fmt: skip
+                for ci, cond in enumerate(conditions):
+                    per = [x[ci] for x in lls]
+                    out[cond.name][name] = item_rows(bench, items, _regroup(bench, items, per, owner))
+                continue
             flat, owners, row_cond, spans = [], [], [], []
             for ci, cond in enumerate(conditions):
                 reqs, owner = _token_requests(lm.tokenizer, bench, items, cond.prefix, max_length, cache)
@@ -181,7 +204,7 @@ def score_conditions(
             lls = score_tokens(
                 lm.model, flat, batch_size=lm.spec.batch_size, max_length=max_length,
                 pad_token_id=lm.tokenizer.pad_token_id or 0, progress=progress,
-                description=f"{label} {name} ({len(conditions)} conditions)", row_conditions=row_cond, session=session,
+                description=desc, row_conditions=row_cond, session=session,
             )  # fmt: skip
             for ci, cond in enumerate(conditions):
                 a, b = spans[ci]

@@ -26,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import polars as pl
 import torch
@@ -481,3 +481,93 @@ def _token_conditions(session: RoutingSession, n_tokens: int, device: torch.devi
             "session.use_conditions: set one condition id per row of the batch being run"
         )
     return ids.to(device).repeat_interleave(n_tokens // ids.numel())
+
+
+# ----------------------------------------------------------------------------------------
+# Sharing the layers before a fork: C conditions that differ only from some layer on
+# ----------------------------------------------------------------------------------------
+_DECODER_RE = re.compile(r"^(.*(?:^|\.)layers\.(\d+))$")
+
+
+def decoder_layers(model: nn.Module) -> dict[int, nn.Module]:
+    """{decoder-layer index: the decoder layer module} (modules named ``….layers.<i>``)."""
+    out = {}
+    for name, module in model.named_modules():
+        m = _DECODER_RE.match(name)
+        if m:
+            out[int(m.group(2))] = module
+    return dict(sorted(out.items()))
+
+
+class LayerFork:
+    """Run C conditions in one forward, computing the layers before each condition's first
+    edited layer once, on the shared rows (docs/method.md §3, the AALS probes and the λ sweep).
+
+        rows (B requests)      layers < f1        at f1: + B rows of c1 …   at the last fork the
+        ┌ trunk (B) ┐  ───────► trunk ──────────► trunk | c1 | … ───────► shared rows are dropped
+                                                                          (or kept for a condition
+                                                                          that edits nothing)
+
+    The trunk is unedited, so the rows of a condition are exactly what a separate run under it
+    computes: a pre-hook on the decoder layer where conditions start copies the trunk's hidden
+    states into their rows. Needs a model whose decoder layers take hidden states (R, S, H) and
+    broadcast everything else over rows (positions from (1, S), no padding mask): right-padded
+    scoring, and families with ``adapter.layer_fork``.
+    """
+
+    def __init__(self, model: nn.Module, session: RoutingSession, first_layers: Sequence[int | None]):
+        if not session.adapter.layer_fork:
+            raise RoutelabError(
+                f"{session.adapter.family}: its decoder layers cannot take added rows mid-forward "
+                "(a mask built per batch row); score its conditions without a fork"
+            )
+        self.model, self.session = model, session
+        self.no_edit = len(first_layers)  # the condition index attached for the trunk (no edit)
+        self.first = list(first_layers)
+        layers = decoder_layers(model)
+        self.forks = sorted({f for f in self.first if f is not None})
+        missing = [f for f in self.forks if f not in layers]
+        if missing:
+            raise RoutelabError(f"LayerFork: decoder layers {missing} not found (layers: {sorted(layers)})")
+        self.layers = {f: layers[f] for f in self.forks}
+        self.keep_trunk = any(f is None for f in self.first)
+        self.blocks: list[int] = []
+
+    @contextlib.contextmanager
+    def batch(self, B: int) -> Iterator[None]:
+        """Hooks for one forward over B shared rows; ``rows(c)`` then locates condition c's rows."""
+        self.blocks = [self.no_edit]  # one B-row block per entry: a condition index (no_edit = trunk)
+        self.session.use_conditions([self.no_edit] * B)
+        handles = []
+        try:
+            for f in self.forks:
+                handles.append(self.layers[f].register_forward_pre_hook(self._hook(f, B), with_kwargs=True))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, f: int, B: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            hidden = args[0] if args else kwargs["hidden_states"]  # (len(blocks)·B, S, H)
+            new = [c for c, first in enumerate(self.first) if first == f]
+            t = self.blocks.index(self.no_edit)
+            trunk = hidden[t * B : (t + 1) * B]  # (B, S, H)
+            last = f == self.forks[-1] and not self.keep_trunk
+            keep = [i for i, c in enumerate(self.blocks) if not (last and c == self.no_edit)]
+            parts = [hidden[i * B : (i + 1) * B] for i in keep] + [trunk] * len(new)
+            self.blocks = [self.blocks[i] for i in keep] + new
+            ids = [c for c in self.blocks for _ in range(B)]
+            self.session.use_conditions(ids)
+            out = torch.cat(parts, dim=0)  # (len(blocks)·B, S, H)
+            if args:
+                return (out, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": out}
+
+        return hook
+
+    def rows(self, c: int, B: int) -> slice:
+        """The rows of condition c in the forward's output (after ``batch``)."""
+        block = self.no_edit if self.first[c] is None else c
+        i = self.blocks.index(block)
+        return slice(i * B, (i + 1) * B)

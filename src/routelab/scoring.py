@@ -376,3 +376,85 @@ def perplexity(lls: Iterable[LL]) -> float:
     if n == 0:
         raise RoutelabError("perplexity of zero tokens is undefined: pass at least one non-empty text")
     return math.exp(-sum(ll.logprob for ll in lls) / n)
+
+
+def score_tokens_forked(
+    model: Any,
+    requests: Sequence[TokenRequest],
+    fork: Any,
+    n_conditions: int,
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    pad_token_id: int = 0,
+    progress: bool = True,
+    description: str = "log-likelihood",
+) -> list[list[LL]]:
+    """Score every request under C conditions in one forward per batch, sharing the layers
+    before each condition's first edited layer (``fork``: a routing.LayerFork). Returns, per
+    request, its C LLs. No attention mask (right padding: pads come after every real token) and
+    no position ids, so every tensor but the hidden states broadcasts over the added rows.
+    """
+    n = len(requests)
+    if n == 0:
+        return []
+    max_length = max_length or _model_max_length(model)
+    order = sorted(range(n), key=lambda i: (-(len(requests[i][0]) + len(requests[i][1])), requests[i]))
+    device = next(model.parameters()).device
+    accepts_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    results: list[list[LL] | None] = [None] * n
+    with progress_display(description, total=n, unit="requests", enabled=progress) as bar, torch.inference_mode():
+        for start in range(0, n, batch_size):
+            chunk = order[start : start + batch_size]
+            B = len(chunk)
+            inp, tgt, is_cont, first, contlens = _batch(requests, chunk, max_length, pad_token_id)  # (B, T) each
+            kwargs: dict[str, Any] = {"input_ids": inp.to(device), "use_cache": False}
+            if accepts_keep:
+                kwargs["logits_to_keep"] = torch.arange(first, inp.shape[1], device=device)
+            with fork.batch(B):
+                logits = model(**kwargs).logits  # (R·B, T', V): R blocks of B rows
+            if logits.shape[1] != inp.shape[1] - first:
+                logits = logits[:, first:, :]
+            per_cond = []
+            for c in range(n_conditions):
+                ll, greedy = _lls(logits[fork.rows(c, B)], tgt[:, first:], is_cont[:, first:])  # (B,) each
+                per_cond.append((ll, greedy))
+            for b, i in enumerate(chunk):
+                results[i] = [LL(float(ll[b]), contlens[b], bool(g[b])) for ll, g in per_cond]
+            bar.advance(B)
+    assert all(r is not None for r in results), "scorer lost requests"
+    return results  # type: ignore[return-value]
+
+
+def _batch(requests, chunk, max_length, pad_token_id):
+    """(inp, tgt, is_cont, first scored position, continuation lengths) of one right-padded batch."""
+    seqs, inplens, contlens = [], [], []
+    for i in chunk:
+        ctx, cont = requests[i]
+        seq = list(ctx) + list(cont)
+        if max_length is not None:
+            seq = seq[-(max_length + 1) :]
+        seqs.append(seq)
+        inplens.append(len(seq) - 1)
+        contlens.append(len(cont))
+    B, T = len(chunk), max(inplens)
+    inp = torch.full((B, T), pad_token_id, dtype=torch.long)  # (B, T) right-padded
+    tgt = torch.zeros((B, T), dtype=torch.long)  # (B, T) next-token targets
+    is_cont = torch.zeros((B, T), dtype=torch.bool)  # (B, T) 1 = scored position
+    for b, (seq, L, c) in enumerate(zip(seqs, inplens, contlens)):
+        inp[b, :L] = torch.tensor(seq[:-1])
+        tgt[b, :L] = torch.tensor(seq[1:])
+        is_cont[b, L - c : L] = True
+    first = min(L - c for L, c in zip(inplens, contlens))
+    return inp, tgt, is_cont, first, contlens
+
+
+def _lls(logits: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ log p(target) over masked positions and the all-greedy flag; logits (B, T', V)."""
+    logits = logits.float()
+    tgt, mask = tgt.to(logits.device), mask.to(logits.device)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T')
+    z = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, T')
+    ll = torch.where(mask, z - lse, torch.zeros_like(lse)).sum(dim=-1)  # (B,)
+    greedy = ((logits.argmax(dim=-1) == tgt) | ~mask).all(dim=-1)  # (B,)
+    return ll, greedy

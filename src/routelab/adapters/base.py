@@ -68,6 +68,7 @@ class RouterAdapter:
     router_input_3d: bool = False  # the router's forward expects (B, S, H) rather than (N, H)
     routes_in_model_dtype: bool = False  # the router scores in bf16/fp16 itself (ties at dtype resolution)
     kv_cache: bool = True  # decoding may use the model's KV cache (False: recompute the prefix each step)
+    layer_fork: bool = True  # conditions may share the layers before their first edit (routing.LayerFork)
     notes: str = ""
 
     # --- reading the router's output -------------------------------------------------------

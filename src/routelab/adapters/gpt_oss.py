@@ -19,6 +19,7 @@ ADAPTER = RouterAdapter(
     num_experts_key="num_local_experts",
     top_k_key="num_experts_per_tok",
     routes_in_model_dtype=True,
+    layer_fork=False,  # its sliding-window mask is built per batch row: rows cannot be added mid-forward
     rule=gpt_oss_rule,
     notes="router bias is part of the logits",
 )
