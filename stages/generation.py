@@ -25,7 +25,6 @@ from routelab.interventions import (
     write_stage_outputs,
 )
 from routelab.io import write_parquet
-from routelab.masking import MaskingParams
 from routelab.models import load_model
 from routelab.scorers import usable_scorers
 from routelab.stage import run_stage, stage_args
@@ -35,12 +34,11 @@ def conditions(inputs, cfg, sweep_path, steering_path) -> list:
     """The baseline, then each condition of generation.conditions, named as in params."""
     sweep = json.loads(Path(sweep_path).read_text())
     ctx = inputs.context(sweep["layers"], inputs.stats.seed)
-    masking = section(MaskingParams, inputs.params.get("masking"), "masking")
     prefix = section(BaselinesParams, inputs.params.get("baselines"), "baselines").prompt_prefix
     make = {
         "arr": lambda: build("arr", ctx, lam=sweep["lambda_star"]),
-        "mask_top": lambda: build("mask_top", ctx, n=masking.n),
-        "mask_bottom": lambda: build("mask_bottom", ctx, n=masking.n),
+        "mask_top": lambda: build("mask_top", ctx, n=cfg.mask_n),
+        "mask_bottom": lambda: build("mask_bottom", ctx, n=cfg.mask_n),
         "steer": lambda: build("steer", ctx, table=pl.read_parquet(steering_path)),
         "prompt_prefix": lambda: build("prompt_prefix", ctx, text=prefix),
     }

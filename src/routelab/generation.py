@@ -228,6 +228,7 @@ class GenerationParams:
 
     protocols: list[str] = field(default_factory=lambda: ["bold", "stereotype_completion"])  # a model's own list wins
     conditions: list[str] = field(default_factory=lambda: ["arr", "mask_top", "steer", "prompt_prefix"])
+    mask_n: int = 4  # experts off in the mask_top / mask_bottom conditions (its own key: masking.n re-runs only masking)
     max_new_tokens: int = 20
     strategy: str = "sample"  # greedy | sample
     temperature: float = 1.0
@@ -259,8 +260,8 @@ class GenerationParams:
 # condition name in params -> what it is built from (docs/method.md §5: the likelihood stages' conditions)
 TRANSFER_CONDITIONS = {
     "arr": "ARR at λ* on the AALS layers (arr_sweep)",
-    "mask_top": "the top masking.n experts by φ switched off (masking)",
-    "mask_bottom": "the bottom masking.n experts by φ switched off (masking)",
+    "mask_top": "the top generation.mask_n experts by φ switched off",
+    "mask_bottom": "the bottom generation.mask_n experts by φ switched off",
     "steer": "the SteerMoE A+/A− of the steer stage",
     "prompt_prefix": "the baselines.prompt_prefix instruction before every prompt",
 }
