@@ -247,8 +247,9 @@ def build_report(models: Sequence[str], metrics_dir: str | Path, plots_dir: str 
                          "(test split); random-n is averaged over draws.", "masking", models, m,
                          [("mask_top", "top-n φ"), ("mask_bottom", "bottom-n φ"), ("mask_random", "random-n (avg)")],
                          figs, ("masking/masking.png", "{model}: Δ with 95 % CIs per masking condition (red: p_BH < 0.05).")),
-        _condition_table("Table 4 — synthetic ablation", "ARR at λ = 1 on the AALS layers with ablated profiles "
-                         "(test split). 'flatten' is a per-layer constant: exactly no effect on softmax routers.",
+        _condition_table("Table 4 — synthetic ablation", "ARR at λ = `ablation.lam` (the paper: 1) on the AALS layers "
+                         "with ablated profiles (test split). 'flatten' is a per-layer constant: exactly no effect on "
+                         "softmax routers.",
                          "ablation", models, m,
                          [("flatten", "flatten"), ("random_phi", "random φ (avg)"), ("inverted", "inverted"),
                           ("power_0p25", "α = 0.25"), ("power_0p5", "α = 0.5"), ("power_1", "α = 1 (FSP)"),

@@ -67,6 +67,6 @@ BENCHMARK = Benchmark(
     per_item=per_item,
     metrics={name: Metric((name,), mean) for name in ("planted", "own_share", "profession")},
     headline=("planted", "own_share", "profession"),
-    summary="planted",
+    summary="own_share",  # the bias measure: naming fewer professions does not move it
     model_owned=True,
 )
