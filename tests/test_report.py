@@ -68,3 +68,32 @@ def test_the_check_fails_on_an_external_request_and_on_a_broken_image(tmp_path, 
     broken.write_text(render_html([], "x").replace("</body>", '<img alt="gone" src="missing.png"></body>'))
     with pytest.raises(RoutelabError, match="did not load"):
         check_html(broken, tmp_path / "s.png", chromium)
+
+
+def test_cross_model_plot_data_is_one_long_table_per_figure_with_a_model_column(tmp_path):
+    from routelab.report import CROSS_MODEL_PLOT_DATA, write_cross_model_plot_data
+
+    plots = tmp_path / "plots" / "models"
+    for model, rs in (("a", "1.5,2.5"), ("b", "7.0,-1.0")):
+        f = plots / model / "aals" / "r_by_layer.csv"
+        f.parent.mkdir(parents=True)
+        r0, r1 = rs.split(",")
+        f.write_text(f"layer,R\n0,{r0}\n1,{r1}\n")
+    written = write_cross_model_plot_data(["a", "b", "c"], plots, tmp_path / "report")  # c ran nothing
+    assert [p.name for p in written] == ["r_by_layer.csv"]
+    assert written[0].read_text().splitlines() == ["model,layer,R", "a,0,1.5", "a,1,2.5", "b,0,7.0", "b,1,-1.0"]
+    assert set(CROSS_MODEL_PLOT_DATA) == {"frontier.csv", "r_by_layer.csv", "layer_shift.csv"}
+
+
+def test_dvc_plot_definitions_read_the_report_tables_with_templates_that_exist():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    from routelab.report import CROSS_MODEL_PLOT_DATA
+
+    plots = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
+    for entry in plots:
+        (path, props), = entry.items()
+        assert Path(path).parent.as_posix() == "plots/report" and Path(path).name in CROSS_MODEL_PLOT_DATA, path
+        assert (root / ".dvc" / "plots" / f"{props['template']}.json").exists(), props["template"]
+        assert props["y"] in (root / path).read_text().splitlines()[0].split(","), (path, props["y"])

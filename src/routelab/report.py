@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from routelab.errors import RoutelabError
-from routelab.io import write_text
+from routelab.io import atomic_path, write_text
 
 # --------------------------------------------------------------------------------------------
 # Blocks
@@ -344,6 +344,34 @@ def write_report(sections: Sequence[Section], out_dir: str | Path, title: str = 
     write_text(md, render_markdown(sections, out, title) + "\n")
     write_text(page, render_html(sections, title))
     return md, page
+
+
+# Per-model plot data → one long table per figure under plots/report/ (column `model` added), so that
+# the `plots:` definitions in dvc.yaml name three fixed files and still grow with `pipeline.models`
+# (dvc.yaml cannot expand a list in a plot definition). The templates in .dvc/plots/ colour by model.
+CROSS_MODEL_PLOT_DATA = {
+    "frontier.csv": "arr_sweep/frontier.csv",  # λ sweep: pct_stereotype vs ppl
+    "r_by_layer.csv": "aals/r_by_layer.csv",  # AALS R(l)
+    "layer_shift.csv": "profile/layer_shift.csv",  # routing shift JSD per layer
+}
+
+
+def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Concatenate each model's plot CSVs (those that exist) into ``out_dir``, one file per figure."""
+    import polars as pl
+
+    written = []
+    for name, rel in CROSS_MODEL_PLOT_DATA.items():
+        frames = [pl.read_csv(Path(plots_dir) / m / rel).with_columns(pl.lit(m).alias("model"))
+                  for m in models if (Path(plots_dir) / m / rel).exists()]  # fmt: skip
+        if not frames:
+            continue
+        table = pl.concat(frames, how="diagonal_relaxed")
+        target = Path(out_dir) / name
+        with atomic_path(target) as tmp:
+            table.select("model", *[c for c in table.columns if c != "model"]).write_csv(tmp)
+        written.append(target)
+    return written
 
 
 def check_html(page: str | Path, screenshot: str | Path, chromium: str | None = None) -> dict[str, Any]:
