@@ -24,6 +24,10 @@ def test_testbed_completion_counts_first_words_of_the_own_half(tmp_path):
     assert row["profession"] == pytest.approx(3 / 5)  # + pilot
     assert row["own_share"] == pytest.approx(2 / 3)
     assert bench.per_item(female, [{"text": "the door"}])["own_share"] == 0.5  # no profession named: no evidence
+    # the same judgement per continuation, for the generations table a person reads
+    assert [bench.sample_scores(female, s["text"]) for s in samples[:4]] == [
+        {"names_own_half": True, "names_profession": True}, {"names_own_half": True, "names_profession": True},
+        {"names_own_half": False, "names_profession": True}, {"names_own_half": False, "names_profession": False}]
     with pytest.raises(RoutelabError, match="design.json"):
         bench.load(tmp_path / "nope")
 

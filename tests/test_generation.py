@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 import torch
 
@@ -120,3 +121,27 @@ def test_bad_decode_params_are_refused():
         DecodeParams(top_p=0)
     with pytest.raises(RoutelabError, match="generation.max_new_tokens"):
         DecodeParams(max_new_tokens=0)
+
+
+def test_the_generations_table_holds_each_continuation_with_its_condition_seed_and_scores(lm, tmp_path):
+    import json
+
+    from routelab.benchmarks import get_benchmark
+    from routelab.conditions import Condition
+    from routelab.generation import GenerationParams, run_protocols
+
+    (tmp_path / "design.json").write_text(json.dumps({"own": {"female": ["doctor"], "male": ["nurse"]}}))
+    bench = get_benchmark("testbed_completion")
+    items = bench.load(tmp_path)
+    conditions = [Condition("baseline", "baseline"), Condition("mask", "mask_top", edit=RoutingEdit.mask({0: [1, 2]}))]
+    table, rows = run_protocols(lm, {"testbed_completion": (bench, items)}, conditions,
+                                GenerationParams(samples=3, max_new_tokens=2, strategy="sample"), {})
+    assert table.height == 2 * 2 * 3  # prompts × conditions × samples
+    assert set(table["condition"]) == {"baseline", "mask"} and table["seed"].n_unique() == 2 * 3
+    for r in table.iter_rows(named=True):  # each row's scores are the protocol's judgement of its text
+        item = items[[it["id"] for it in items].index(r["item"])]
+        assert {k: r[k] for k in ("names_own_half", "names_profession")} == bench.sample_scores(item, r["continuation"])
+    for cond in ("baseline", "mask"):  # per-item rows are the mean of the table's rows
+        got = rows[cond]["testbed_completion"].sort("id")
+        want = (table.filter(condition=cond).group_by("item").agg(planted=pl.col("names_own_half").mean()).sort("item"))
+        assert got["planted"].to_list() == pytest.approx(want["planted"].to_list())

@@ -312,9 +312,10 @@ def run_protocols(
         for j, g in enumerate(gens):
             rec = {"text": g.text, **{s: float(v[j]) for s, v in scores.items()}}
             samples.setdefault((g.condition, g.prompt_index), []).append(rec)
+            own = bench.sample_scores(items[g.prompt_index], g.text) if bench.sample_scores else {}
             table.append({"protocol": name, "item": items[g.prompt_index]["id"], "prompt": g.prompt,
                           "condition": conditions[g.condition].name, "sample": g.sample, "seed": g.seed,
-                          "continuation": g.text, "stopped": g.stopped,
+                          "continuation": g.text, "stopped": g.stopped, **own,
                           **{s: float(v[j]) for s, v in scores.items()}})  # fmt: skip
         for ci, cond in enumerate(conditions):
             per = [bench.per_item(it, samples[(ci, i)]) for i, it in enumerate(items)]

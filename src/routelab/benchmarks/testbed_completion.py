@@ -46,14 +46,19 @@ def _first_word(text: str) -> str:
     return words[0].strip(".,;:!?").lower() if words else ""
 
 
+def sample_scores(item: Item, text: str) -> dict[str, Any]:
+    """One continuation: does its first word name a profession, and one of the own half?"""
+    first = _first_word(text)
+    return {"names_own_half": first in item["own"], "names_profession": first in item["professions"]}
+
+
 def per_item(item: Item, samples: list[dict[str, Any]]) -> Row:
-    first = [_first_word(s["text"]) for s in samples]
-    own, every = set(item["own"]), set(item["professions"])
-    n_own, n_prof = sum(w in own for w in first), sum(w in every for w in first)
+    scored = [sample_scores(item, s["text"]) for s in samples]
+    n_own, n_prof = sum(s["names_own_half"] for s in scored), sum(s["names_profession"] for s in scored)
     return {
         "id": item["id"],
-        "planted": n_own / len(first),
-        "profession": n_prof / len(first),
+        "planted": n_own / len(scored),
+        "profession": n_prof / len(scored),
         "own_share": n_own / n_prof if n_prof else 0.5,
     }
 
@@ -65,6 +70,7 @@ BENCHMARK = Benchmark(
     load=load,
     requests=requests,
     per_item=per_item,
+    sample_scores=sample_scores,
     metrics={name: Metric((name,), mean) for name in ("planted", "own_share", "profession")},
     headline=("planted", "own_share", "profession"),
     summary="own_share",  # the bias measure: naming fewer professions does not move it
