@@ -1,12 +1,12 @@
 """Benchmark: cost of routing recording over a plain forward, and bytes per token on disk.
 
-Usage: python bench/extraction.py [--model data/models/testbed] [--prompts 512] [--repeats 3]
+Usage: python bench/extraction.py [--model data/models/diffuse] [--prompts 512] [--repeats 3]
 
 Prints tokens/s of (a) a plain forward, (b) the same forward with routelab's recording
 hooks attached, (c) the whole `extract_routing` (forward + recording + Parquet), measured in
 one run on the same batches, and the ratios. Target: (b)/(a) overhead ≤ 15% on CPU.
-Without --model (or when the testbed is not trained yet) a random OLMoE of the testbed's
-default size is used.
+When the --model folder does not exist (the diffuse testbed not trained yet: `dvc repro
+testbed_train@diffuse`) a random OLMoE of the testbed's default size is used.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _random_testbed_size(tmp: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="data/models/testbed")
+    ap.add_argument("--model", default="data/models/diffuse")
     ap.add_argument("--prompts", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)

@@ -1,8 +1,8 @@
 """Scorer throughput: the batched engine vs a naive one-item-at-a-time loop (not a test).
 
 Usage:
-    .venv/bin/python bench/scoring.py                       # testbed if built, else a random OLMoE
-    .venv/bin/python bench/scoring.py --model data/models/testbed --n-items 256 --batch-size 32
+    .venv/bin/python bench/scoring.py                       # the diffuse testbed if built, else a random OLMoE
+    .venv/bin/python bench/scoring.py --model data/models/diffuse --n-items 256 --batch-size 32
 
 Both paths score the same (context, continuation) requests on the same model: CrowS-Pairs
 sentences after BOS and BBQ questions with their answers (from ../shared/benchmarks when
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from routelab.scoring import encode_pair, score  # noqa: E402
 
-TESTBED = Path("data/models/testbed")
+TESTBED = Path("data/models/diffuse")  # the default testbed (dvc repro testbed_train@diffuse)
 SHARED = Path("../shared/benchmarks")
 
 

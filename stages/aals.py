@@ -2,7 +2,7 @@
 
 Usage: python -m stages.aals --model diffuse --profile data/profiles/diffuse.parquet \
            --splits data/bench/diffuse/splits --baseline data/bench/diffuse/baseline \
-           --out data/interventions/diffuse/aals --metrics metrics/diffuse/aals.json --plots plots/diffuse/aals
+           --out data/interventions/diffuse/aals --metrics metrics/diffuse/aals.json --plots plots/models/diffuse/aals
 """
 
 from routelab import aals, plots

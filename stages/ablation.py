@@ -3,7 +3,7 @@
 Usage: python -m stages.ablation --model diffuse --profile data/profiles/diffuse.parquet \
            --aals metrics/diffuse/aals.json --splits data/bench/diffuse/splits \
            --baseline data/bench/diffuse/baseline --out data/interventions/diffuse/ablation \
-           --metrics metrics/diffuse/ablation.json --plots plots/diffuse/ablation
+           --metrics metrics/diffuse/ablation.json --plots plots/models/diffuse/ablation
 """
 
 import json

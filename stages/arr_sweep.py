@@ -3,7 +3,7 @@
 Usage: python -m stages.arr_sweep --model diffuse --profile data/profiles/diffuse.parquet \
            --aals metrics/diffuse/aals.json --splits data/bench/diffuse/splits \
            --baseline data/bench/diffuse/baseline --out data/interventions/diffuse/arr_sweep \
-           --metrics metrics/diffuse/arr_sweep.json --plots plots/diffuse/arr_sweep
+           --metrics metrics/diffuse/arr_sweep.json --plots plots/models/diffuse/arr_sweep
 """
 
 import json

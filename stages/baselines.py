@@ -4,7 +4,7 @@ Usage: python -m stages.baselines --model diffuse --profile data/profiles/diffus
            --sweep metrics/diffuse/arr_sweep.json --safex data/selections/diffuse_safex.parquet \
            --splits data/bench/diffuse/splits --baseline data/bench/diffuse/baseline \
            --out data/interventions/diffuse/baselines --metrics metrics/diffuse/baselines.json \
-           --plots plots/diffuse/baselines
+           --plots plots/models/diffuse/baselines
 """
 
 import json

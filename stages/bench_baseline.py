@@ -1,7 +1,7 @@
 """Stage `bench_baseline`: every enabled benchmark on the unintervened model, both splits.
 
-Usage: python -m stages.bench_baseline --model testbed --out data/bench/testbed/baseline \
-           --splits data/bench/testbed/splits --metrics metrics/testbed/bench_baseline.json
+Usage: python -m stages.bench_baseline --model diffuse --out data/bench/diffuse/baseline \
+           --splits data/bench/diffuse/splits --metrics metrics/diffuse/bench_baseline.json
 Writes the validation/test split of each benchmark (read back by every later stage), per-item
 Parquet <out>/<benchmark>_<split>.parquet, and the metrics with bootstrap 95 % CIs.
 """

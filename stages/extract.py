@@ -1,7 +1,7 @@
 """Stage `extract`: routing of every prompt at every MoE layer → data/routing/<model>.parquet.
 
-Usage: python -m stages.extract --model testbed --prompts data/prompts/testbed.parquet \
-           --out data/routing/testbed.parquet --metrics metrics/testbed/extract.json
+Usage: python -m stages.extract --model diffuse --prompts data/prompts/diffuse.parquet \
+           --out data/routing/diffuse.parquet --metrics metrics/diffuse/extract.json
 """
 
 from routelab.config import load_params, section

@@ -2,7 +2,8 @@
 
 Usage: python -m stages.masking --model diffuse --profile data/profiles/diffuse.parquet \
            --splits data/bench/diffuse/splits --baseline data/bench/diffuse/baseline \
-           --out data/interventions/diffuse/masking --metrics metrics/diffuse/masking.json --plots plots/diffuse/masking
+           --out data/interventions/diffuse/masking --metrics metrics/diffuse/masking.json \
+           --plots plots/models/diffuse/masking
 """
 
 from routelab import masking, plots

@@ -1,9 +1,10 @@
 """Stage `profile`: FSP sensitivity profile φ(e,l) with per-expert significance, descriptors, plots.
 
-Usage: python -m stages.profile --model testbed --routing data/routing/testbed.parquet \
-           --prompts data/prompts/testbed.parquet --out data/profiles/testbed.parquet \
-           --layer-axis data/profiles/testbed_layer_axis.parquet \
-           --metrics metrics/testbed/profile.json --plots plots/testbed [--model-dir data/models/testbed]
+Usage: python -m stages.profile --model diffuse --routing data/routing/diffuse.parquet \
+           --prompts data/prompts/diffuse.parquet --out data/profiles/diffuse.parquet \
+           --layer-axis data/profiles/diffuse_layer_axis.parquet \
+           --metrics metrics/diffuse/profile.json --plots plots/models/diffuse/profile \
+           [--model-dir data/models/diffuse]
 Writes <out> (one row per (layer, expert): `phi`, what ARR reads, and `ard_p`/`ard_p_bh`/
 `significant`, the per-expert permutation test), <layer-axis> (JSD per layer and axis), the
 descriptors and both routing-shift tests as metrics, and three figures. With --model-dir holding

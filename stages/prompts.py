@@ -1,9 +1,9 @@
 """Stage `prompts`: the FARE demographic prompt set for one model → data/prompts/<model>.parquet.
 
-Usage: python -m stages.prompts --model testbed --out data/prompts/testbed.parquet \
-           --metrics metrics/testbed/prompts.json
+Usage: python -m stages.prompts --model diffuse --out data/prompts/diffuse.parquet \
+           --metrics metrics/diffuse/prompts.json
 The vocabulary comes from the model's spec (`models.<name>.vocabulary`): `english` for real
-models, a testbed corpus directory for the testbed (its own, in-distribution words).
+models, a testbed corpus directory for the testbeds (their own, in-distribution words).
 """
 
 

@@ -1,8 +1,8 @@
 """Stage `safex`: SAFEx-style stable expert selection, fairness adaptation (docs/method.md §7).
 
-Usage: python -m stages.safex --model testbed --routing data/routing/testbed.parquet \
-           --prompts data/prompts/testbed.parquet --out data/selections/testbed_safex.parquet \
-           --metrics metrics/testbed/safex.json
+Usage: python -m stages.safex --model diffuse --routing data/routing/diffuse.parquet \
+           --prompts data/prompts/diffuse.parquet --out data/selections/diffuse_safex.parquet \
+           --metrics metrics/diffuse/safex.json
 Writes <out> (one row per (layer, expert): score, selected, stability; routelab.tables
 load_selection reads it) and the selection's size and settings as metrics.
 """

@@ -213,17 +213,24 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(work, env, args, needles
     assert _listing(work) == before, "files left behind"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders (the /proc cases cover it)")
 @pytest.mark.parametrize("flag", ["--out", "--items"])
-def test_read_only_folder_is_refused_before_the_model_loads(work, env, flag):
+def test_unwritable_folder_is_refused_before_the_model_loads(work, env, flag):
+    """A folder in the work folder, typed as a relative path, where no file can be created.
+
+    Not a chmod 555 folder: root ignores permission bits, so as root (CI containers) that
+    write succeeds and the case could only be skipped. ``ro`` links to /sys instead, where the
+    kernel refuses new files to every user, root included (EACCES; EROFS where /sys is mounted
+    read-only): check_writable's probe fails there for everyone, before the model loads.
+    """
     ro = work / "ro"
-    ro.mkdir(exist_ok=True)
-    ro.chmod(0o555)
+    if not ro.is_symlink():  # the second flag finds it made
+        ro.symlink_to("/sys", target_is_directory=True)
     paths = {"--out": "m.json", "--items": "items.parquet", flag: "ro/x"}
     before = _listing(work)
     res = _run(["routelab.cli", "bench", "--model", "model", "--benchmark", "crows_pairs", "--data", "crows.parquet",
                 "--out", paths["--out"], "--items", paths["--items"]], work, env)
     _assert_one_clean_error(res, "routelab bench: error: ", (f"{flag} ro/x", "cannot write in ro"), _flags("bench"))
+    assert "Loading weights" not in res.stderr, "refused only after the model loaded"
     assert _listing(work) == before
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 import tiny_models as tm
 from routelab.benchmarks import get_benchmark, resolve_source
@@ -92,7 +94,13 @@ def test_help_lists_each_command_with_its_purpose_and_an_example(capsys):
     assert done.value.code == 0
     assert "extract   record the router logits and top-k of every MoE layer" in out
     assert "bench     score one benchmark by log-likelihood" in out
-    assert "routelab extract --model data/models/testbed --prompts prompts.txt --out routing.parquet" in out
+    assert ("routelab extract --model data/models/diffuse --prompts data/prompts/diffuse.parquet "
+            "--out routing.parquet") in out
+    # The examples name the pipeline's own paths of a model params.yaml knows (the old default
+    # `testbed` was split into control, diffuse, routed and routed_null).
+    known = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]
+    named = re.findall(r"data/(?:models|prompts|profiles)/(\w+)", out)
+    assert named and all(m in known for m in named), named
 
 
 @pytest.mark.parametrize("command, shown", [

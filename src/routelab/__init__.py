@@ -4,7 +4,7 @@ Usable from a notebook without DVC::
 
     from routelab.models import ModelSpec, load_model
     from routelab.routing import RoutingEdit, attach
-    lm = load_model(ModelSpec(path="data/models/testbed"))
+    lm = load_model(ModelSpec(path="data/models/diffuse"))   # or a Hub id
     with attach(lm, record=True) as session:
         lm.model(**lm.tokenizer(["the doctor ."], return_tensors="pt"))
     session.recorded[0]  # per MoE layer: logits, probs, top-k

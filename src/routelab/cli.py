@@ -24,10 +24,13 @@ from routelab.tables import load_profile, read_prompt_texts
 
 DESCRIPTION = "Record and score the routing of Mixture-of-Experts models without DVC."
 EXAMPLES = """examples:
-  routelab extract --model data/models/testbed --prompts prompts.txt --out routing.parquet
-  routelab extract --model allenai/OLMoE-1B-7B-0924 --prompts prompts.txt --out arr.parquet \\
-                   --profile data/profiles/testbed.parquet --lam 1
-  routelab bench --model data/models/testbed --benchmark crows_pairs --out crows.json --items crows.parquet
+  routelab extract --model data/models/diffuse --prompts data/prompts/diffuse.parquet --out routing.parquet
+  routelab extract --model data/models/diffuse --prompts data/prompts/diffuse.parquet --out arr.parquet \\
+                   --profile data/profiles/diffuse.parquet --lam 1
+  routelab bench --model data/models/diffuse --benchmark crows_pairs --out crows.json --items crows.parquet \\
+                 --data data/testbed/stereotyped/crows_pairs/crows_pairs_anonymized.csv
+The data/ paths are the `diffuse` testbed's, written by `dvc repro`; --model also takes a Hub id
+(e.g. allenai/OLMoE-1B-7B-0924) with a profile and prompts of that model.
 
 Run `routelab <command> --help` for a command's options and defaults."""
 
@@ -171,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record the router logits and top-k of every MoE layer for every real token of the\n"
                     "prompts (one row per prompt, layer and token; schema: routelab.tables). A Ctrl-C keeps\n"
                     "the finished chunks in <out>.parts/; running the same command again resumes from there.",
-        epilog="example:\n  routelab extract --model data/models/testbed --prompts prompts.txt --out routing.parquet",
+        epilog="example:\n  routelab extract --model data/models/diffuse --prompts data/prompts/diffuse.parquet "
+               "--out routing.parquet",
     )
     _model_args(p)
     p.add_argument("--prompts", required=True,
@@ -189,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="score one benchmark by log-likelihood, optionally under ARR",
         description="Score one benchmark by log-likelihood: its metrics with bootstrap 95 % CIs to --out,\n"
                     "and optionally one row per item to --items (written together, or neither).",
-        epilog="example:\n  routelab bench --model data/models/testbed --benchmark crows_pairs --out crows.json",
+        epilog="example:\n  routelab bench --model data/models/diffuse --benchmark crows_pairs \\\n"
+               "                 --data data/testbed/stereotyped/crows_pairs/crows_pairs_anonymized.csv "
+               "--out crows.json",
     )
     _model_args(p)
     p.add_argument("--benchmark", required=True,

@@ -1,6 +1,6 @@
 """Loading a model from a spec: a Hub id or a local directory, with its router adapter.
 
-The same loader serves real checkpoints and the testbed (saved with save_pretrained).
+The same loader serves real checkpoints and the testbeds (saved with save_pretrained).
 Remote code written for transformers 4.x (DeepSeekMoE-16B) gets the fixes of
 routelab.remote_code, so that it loads and computes what it computed on 4.x; a family whose
 remote code has no working KV cache (adapter ``kv_cache=False``) is loaded with
@@ -37,7 +37,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 # How the `routelab` command spells each spec setting (a spec from params.yaml names models.<m>.<setting>).
 CLI_FLAGS = {"path": "--model", "dtype": "--dtype", "device": "--device", "device_map": "--device-map",
              "trust_remote_code": "--trust-remote-code", "batch_size": "--batch-size"}
-TESTBED_HINT = "for the testbed models run `dvc repro testbed_train` first"
+TESTBED_HINT = ("for the testbed models (control, diffuse, routed, routed_null) "
+                "run `dvc repro testbed_train testbed_plant` first")
 
 
 @dataclass

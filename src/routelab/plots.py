@@ -3,10 +3,10 @@
 Usage (what the `profile` stage calls)::
 
     from routelab import plots
-    plots.phi_heatmap(profile, "plots/olmoe/phi_heatmap.png", title="OLMoE")
-    plots.phi_heatmap(profile, "plots/routed/phi_heatmap.png", designated={2: [5, 9]})  # boxed cells
-    plots.jsd_by_axis(layer_axis, "plots/olmoe/jsd_by_axis.png")
-    plots.routing_shift(profile, "plots/olmoe/routing_shift.png")   # FARE Figure 1
+    plots.phi_heatmap(profile, "plots/models/olmoe/profile/phi_heatmap.png", title="OLMoE")
+    plots.phi_heatmap(profile, "plots/models/routed/profile/phi_heatmap.png", designated={2: [5, 9]})  # boxed cells
+    plots.jsd_by_axis(layer_axis, "plots/models/olmoe/profile/jsd_by_axis.png")
+    plots.routing_shift(profile, "plots/models/olmoe/profile/routing_shift.png")   # FARE Figure 1
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One progress display for every long loop (training, extraction, scoring, generation, conditions).
 
     from routelab.progress import progress
-    with progress("extract[testbed]", total=len(prompts), unit="prompts") as bar:
+    with progress("extract[diffuse]", total=len(prompts), unit="prompts") as bar:
         for chunk in chunks:
             ...
             bar.advance(len(chunk))
@@ -9,7 +9,7 @@
 
 On a terminal it is a rich bar with counts, elapsed time and ETA. When stderr is not a
 terminal (CI logs, ``dvc repro | tee``), a rich bar would print nothing useful, so a plain line
-``extract[testbed]: 1024/3856 prompts (27 %), 12 s, ETA 31 s`` is printed every
+``extract[diffuse]: 1024/3856 prompts (27 %), 12 s, ETA 31 s`` is printed every
 ``every_s`` seconds and once at the end. ``enabled=False`` shows nothing (tests, nested loops).
 """
 

@@ -10,7 +10,7 @@ definitions.
 | prompts          | data/prompts/<m>.parquet                | prompts             | load_prompts                |
 | prompt texts     | a .txt or .parquet given by a user      | (user)              | read_prompt_texts           |
 | φ profile        | data/profiles/<m>.parquet               | profile             | load_profile                |
-| expert selection | data/profiles/<m>_safex.parquet, steer  | safex, steer        | load_selection              |
+| expert selection | data/selections/<m>_safex.parquet, steer | safex, steer       | load_selection              |
 | per-item results | data/bench/<m>/<stage>/<bench>_<split>.parquet | bench_baseline, … | load_item_results     |
 """
 
