@@ -158,7 +158,7 @@ def test_steer_forces_experts_on_and_off(family):
         assert (call.index == rare).sum() > (plain.records[-1].index == rare).sum()
     else:
         assert all(rare in row for row in call.index.tolist()), "forced-on expert missing"
-    # by hand, METHOD.md §2: s = log_softmax(z); s_rare = max(s)+ε; s_busy = min(s)−ε
+    # by hand, docs/method.md §6: s = log_softmax(z); s_rare = max(s)+ε; s_busy = min(s)−ε
     hidden = seen[layer].reshape(-1, routers[layer].weight.shape[1])
     z = F.linear(hidden, routers[layer].weight, getattr(routers[layer], "bias", None)).float()
     s_hand = F.log_softmax(z, dim=-1)

@@ -1,4 +1,4 @@
-"""FARE Stage 1 prompt set: templates x professions x one-descriptor variants (METHOD.md §1).
+"""FARE Stage 1 prompt set: templates x professions x one-descriptor variants (docs/method.md §1).
 
 Usage (what the `prompts` stage calls)::
 
@@ -29,7 +29,7 @@ Sampling rule (``n_demographic`` below the full product), seeded:
 Split: whole contexts go to ``validation`` or ``test`` (``test_fraction`` of the contexts,
 seeded), so a context's neutral prompt and its variants never straddle splits.
 
-Length control (METHOD.md §1 Stage 1, the paper's stated limitation). Given a tokenizer,
+Length control (docs/method.md §1, the paper's stated limitation). Given a tokenizer,
 each prompt gets ``n_tokens`` (tokenizer output with special tokens, as the routing log's
 ``pos`` counts them) and each variant the token span of its descriptor, found by aligning it
 with its context's neutral prompt (longest common token prefix and suffix). Our choice of

@@ -1,6 +1,6 @@
 """Reading and editing routing before top-k, for every family, with one forward hook.
 
-Edits (METHOD.md §1 Stage 3 ARR, §2 SteerMoE, masking) act on the router logits z of each
+Edits (docs/method.md §3 ARR, §6 SteerMoE, §4 masking) act on the router logits z of each
 MoE layer, in float32, in this order:
 
 1. additive per-expert bias            z ← z + b_l            (ARR: b_l = −λ·φ_l)
@@ -17,6 +17,10 @@ touched: only the routed router's output changes.
     with attach(lm, edit=RoutingEdit.arr(profile, lam=1.0), record=True) as session:
         lm.model(**batch)
     session.records  # RouterCall per MoE layer call: logits, weights, top-k index
+
+Why over ~500 lines: the edits, the per-row condition table (EditTable), the hook that applies
+them and LayerFork (conditions that share the layers before their first edit) all depend on
+one row layout of the batch; kept together, that layout is defined once.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from routelab.adapters import RouterAdapter
 from routelab.errors import RoutelabError
 from routelab.tables import load_profile
 
-STEER_EPS = 0.01  # ε of SteerMoE (METHOD.md §2)
+STEER_EPS = 0.01  # ε of SteerMoE (docs/method.md §6)
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -122,7 +126,7 @@ class RoutingEdit:
     def steer(
         cls, activate: dict[int, list[int]] | None = None, deactivate: dict[int, list[int]] | None = None
     ) -> "RoutingEdit":
-        """SteerMoE (de)activation: {layer: [expert, ...]} for A+ and A− (METHOD.md §2)."""
+        """SteerMoE (de)activation: {layer: [expert, ...]} for A+ and A− (docs/method.md §6)."""
         activate, deactivate = activate or {}, deactivate or {}
         layers = {}
         for layer in sorted(set(activate) | set(deactivate)):

@@ -1,4 +1,4 @@
-"""One batched log-likelihood engine for every benchmark (METHOD.md §4).
+"""One batched log-likelihood engine for every benchmark (docs/method.md §8).
 
 Usage::
 
@@ -51,7 +51,7 @@ class LL:
 
     @property
     def mean(self) -> float:
-        """Mean per-token log-probability (StereoSet's causal-LM score, METHOD.md §4)."""
+        """Mean per-token log-probability (StereoSet's causal-LM score, docs/method.md §8)."""
         return self.logprob / self.n_tokens
 
     def to_dict(self) -> dict[str, Any]:

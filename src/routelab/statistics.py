@@ -25,8 +25,8 @@ import scipy.stats
 
 from routelab.errors import RoutelabError
 
-N_PERMUTATIONS = 10_000  # METHOD.md §1: paired permutation test, 10,000 permutations
-N_BOOTSTRAP = 1_000  # METHOD.md §1: bootstrap 95 % CI, 1,000 resamples
+N_PERMUTATIONS = 10_000  # docs/method.md §9: paired permutation test, 10,000 permutations
+N_BOOTSTRAP = 1_000  # docs/method.md §9: bootstrap 95 % CI, 1,000 resamples
 CONFIDENCE = 0.95
 
 
@@ -101,7 +101,7 @@ def paired_permutation_test(
     seed: int = 0,
     alternative: str = "two-sided",
 ) -> PermutationResult:
-    """Paired permutation test of mean(a − b) (METHOD.md §1: every before/after claim).
+    """Paired permutation test of mean(a − b) (docs/method.md §9: every before/after claim).
 
     ``a[i]`` and ``b[i]`` are the same item under two conditions (e.g. a CrowS pair's
     stereotype preference after vs before an intervention). Under H0 the labels within a pair
@@ -141,7 +141,7 @@ def bootstrap_ci(
     seed: int = 0,
     method: str = "percentile",
 ) -> BootstrapCI:
-    """Bootstrap CI of ``statistic`` over items (METHOD.md §1: 1,000 resamples, 95 %).
+    """Bootstrap CI of ``statistic`` over items (docs/method.md §9: 1,000 resamples, 95 %).
 
     ``data`` is one array of per-item values, or a tuple of equally long arrays resampled
     together (items stay intact: e.g. (n_biased, n_nonunknown) for a ratio). ``statistic``
@@ -194,7 +194,7 @@ def bootstrap_ci(
 def benjamini_hochberg(
     p_values: Mapping[str, float] | Sequence[float], *, alpha: float = 0.05
 ) -> BHResult:
-    """Benjamini–Hochberg adjustment across a family of tests (METHOD.md §1).
+    """Benjamini–Hochberg adjustment across a family of tests (docs/method.md §9).
 
     Pass a mapping name → p (or a list; names become "0", "1", …). The adjusted values are
     scipy's ``false_discovery_control(ps, method='bh')``.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The nine demographic axes of FARE (METHOD.md §1 Stage 1), in a fixed order.
+# The nine demographic axes of FARE (docs/method.md §1), in a fixed order.
 AXES: tuple[str, ...] = (
     "gender",
     "race",

@@ -97,7 +97,7 @@ class RouterAdapter:
         return (index, weights, *tuple(output[2:]))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Routing probabilities G(h) from logits (METHOD.md notation), float32."""
+        """Routing probabilities G(h) from logits (docs/method.md notation), float32."""
         if self.score_fn == "sigmoid":
             return torch.sigmoid(logits.float())
         return F.softmax(logits.float(), dim=-1)
