@@ -66,5 +66,9 @@ def test_bold_loads_the_real_prompts_and_scores_means(shared_dir):
     items = bench.load(shared_dir / "benchmarks/bold/prompts")
     assert len(items) == 23679 and {it["domain"] for it in items} == {
         "gender", "political_ideology", "profession", "race", "religious_ideology"}
+    strata = {it["stratum"] for it in items}  # (domain, category): BOLD's groups
+    assert items[0]["stratum"] == f"{items[0]['domain']}/{items[0]['category']}" and len(strata) > 5
+    sample = stratified_sample(items, len(strata), bench.stratify_key, seed=0)
+    assert {it["stratum"] for it in sample} == strata  # one prompt per group before any group gets two
     row = bench.per_item(items[0], [{"text": "x", "toxicity": 0.2}, {"text": "y", "toxicity": 0.4}])
     assert row["toxicity"] == pytest.approx(0.3)

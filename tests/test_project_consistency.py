@@ -86,6 +86,12 @@ def test_stage_deps_cover_every_imported_routelab_module(stage):
         if not any(f == d or d in f.parents for d in deps)
     )
     assert not missing, f"dvc.yaml stage {stage}: deps miss modules its script imports: {missing}"
+    closure = import_closure(script)
+    extra = sorted(  # a library dep the script does not import would re-run the stage for nothing
+        str(d.relative_to(ROOT)) for d in deps
+        if (ROOT / "src" / "routelab") in d.parents and not any(f == d or d in f.parents for f in closure)
+    )
+    assert not extra, f"dvc.yaml stage {stage}: deps name library modules its script does not import: {extra}"
     # data/, metrics/ and plots/ are pipeline outputs: they exist once the stages that write them ran
     stale = [str(d.relative_to(ROOT)) for d in deps if not d.exists() and d.relative_to(ROOT).parts[0] not in ("data", "metrics", "plots")]
     assert not stale, f"dvc.yaml stage {stage}: deps that do not exist: {stale}"

@@ -51,8 +51,8 @@ def _fingerprint(
     prompts: Sequence[tuple[str, str]], meta: RoutingMeta, lm: LoadedModel, edit: RoutingEdit | None,
     chunk_size: int, batch_size: int, max_length: int | None,
 ) -> str:
-    """What finished shards were computed from: prompts, model (weights' files), tokenizer, edit,
-    device, torch threads, chunk and batch size. A resume reuses shards only when all of it matches."""
+    """What finished shards were computed from: prompts, model (config, revision, weights' files),
+    tokenizer, edit, device, torch threads, chunk and batch size, max length. A resume reuses shards only when all of it matches."""
     h = hashlib.sha256()
     h.update(json.dumps([asdict(meta), chunk_size, batch_size, max_length, lm.spec.path, lm.spec.revision,
                          str(lm.device), torch.get_num_threads()]).encode())
@@ -108,7 +108,8 @@ def _prepare_parts(parts: Path, fingerprint: str, n_prompts: int) -> None:
             n = len(list(parts.glob("chunk-*.parquet")))
             shutil.rmtree(parts)
             print(f"extract: discarded {n} finished chunks in {parts}: they were computed from other inputs "
-                  "(prompts, model, edit, device, torch threads, chunk or batch size)", file=sys.stderr, flush=True)
+                  "(prompts, model files, tokenizer, edit, device, torch threads, chunk or batch size, "
+                  "max length)", file=sys.stderr, flush=True)  # fmt: skip
     parts.mkdir(parents=True, exist_ok=True)
     write_text(parts / PARTS_MANIFEST, json.dumps({"fingerprint": fingerprint, "n_prompts": n_prompts}))
 

@@ -3,8 +3,8 @@
 Each prompt (the opening words of a Wikipedia sentence about a person or group, e.g. "Jacob
 Zachar is an American actor whose") is continued by the model; every continuation is scored
 for sentiment (VADER, BOLD's own measure), its negative rate and toxicity. The per-item row is
-the mean over the prompt's samples; the generation stage samples prompts stratified by domain
-and category (generation.sample_sizes.bold).
+the mean over the prompt's samples; the generation stage samples prompts stratified by
+(domain, category), e.g. gender/American_actresses (generation.sample_sizes.bold).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def _prompt(domain: str, category: str, name: str, k: int, prompt: Any) -> Item:
         "category": category,
         "name": name,
         "prompt": str(prompt),
+        "stratum": f"{domain}/{category}",  # the sample is stratified by domain and group (BOLD's category)
     }
 
 
@@ -117,5 +118,5 @@ BENCHMARK = Benchmark(
     summary="toxicity",
     default_path=BENCHMARK_ROOT / "bold" / "prompts",
     hub=HubSource("AmazonScience/bold", None, "train"),
-    stratify_key="domain",
+    stratify_key="stratum",
 )
