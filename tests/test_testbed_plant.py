@@ -24,16 +24,12 @@ from routelab import testbed as tb
 from routelab.config import section
 from routelab.errors import RoutelabError
 from routelab.testbed import plant as plant_mod
+from test_testbed_train import TINY as TRAIN_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {  # a seconds-scale configuration (as tests/test_testbed_train.py) plus a tiny plant
-    "seed": 3,
-    "corpus": {"sentences_per_descriptor": 20, "neutral_sentences": 40, "n_entities": 8, "values_per_relation": 6,
-               "statement_repeats": 1, "qa_repeats": 1, "rare_entities": 2},
-    "model": {"layers": 2, "hidden": 32, "intermediate": 32, "heads": 2, "experts": 4, "top_k": 2,
-              "max_positions": 160},
-    "train": {"steps": 4, "batch_size": 4, "seq_len": 32, "warmup_steps": 2, "eval_batch_size": 256},
+TINY = {  # the seconds-scale configuration of the training tests plus a tiny plant
+    **TRAIN_TINY,
     # a random tiny base routes descriptors everywhere: the confound check is tested on its own below
     "plant": {"designated": {0: [1], 1: [0, 3]}, "steps": 3, "batch_size": 2, "warmup_steps": 1, "kl_batch_size": 4,
               "max_base_descriptor_rate": 1.0},

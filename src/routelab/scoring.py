@@ -160,20 +160,8 @@ def score_tokens(
             "session attached with those conditions (routing.attach(..., conditions=[...]))"
         )
     max_length = max_length or _model_max_length(model)
-    for i, (ctx, cont) in enumerate(requests):
-        if len(ctx) == 0 or len(cont) == 0:
-            raise RoutelabError(
-                f"token request {i} has {len(ctx)} context and {len(cont)} continuation tokens: "
-                "both must be non-empty (use encode_pair, which puts BOS before an empty context)"
-            )
-        if max_length is not None and len(cont) > max_length:
-            raise RoutelabError(
-                f"token request {i}: continuation of {len(cont)} tokens exceeds max_length="
-                f"{max_length}; score long texts with rolling_loglikelihood"
-            )
-
-    # Longest first; ties broken by the tokens themselves so the order is deterministic.
-    order = sorted(range(n), key=lambda i: (-(len(requests[i][0]) + len(requests[i][1])), requests[i]))
+    _check_requests(requests, max_length)
+    order = _longest_first(requests)
     device = next(model.parameters()).device
     accepts_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     results: list[LL | None] = [None] * n
@@ -193,28 +181,8 @@ def score_tokens(
                 # cont_toks      4 5 6 7 8 9      half is tossed, only the last len(CONT) positions count
                 #
                 # seq = (ctx + cont)[-(max_length+1):]; inp = seq[:-1]; target = seq[1:].
-                seqs, inplens, contlens = [], [], []
-                for i in chunk:
-                    ctx, cont = requests[i]
-                    seq = list(ctx) + list(cont)
-                    if max_length is not None:
-                        seq = seq[-(max_length + 1) :]
-                    seqs.append(seq)
-                    inplens.append(len(seq) - 1)
-                    contlens.append(len(cont))
-                B, T = len(chunk), max(inplens)
-                inp = torch.full((B, T), pad_token_id, dtype=torch.long)  # (B, T) right-padded
-                tgt = torch.zeros((B, T), dtype=torch.long)  # (B, T) next-token targets
-                attn = torch.zeros((B, T), dtype=torch.long)  # (B, T) 1 = real token
-                is_cont = torch.zeros((B, T), dtype=torch.bool)  # (B, T) 1 = scored position
-                for b, (seq, L, c) in enumerate(zip(seqs, inplens, contlens)):
-                    inp[b, :L] = torch.tensor(seq[:-1])
-                    tgt[b, :L] = torch.tensor(seq[1:])
-                    attn[b, :L] = 1
-                    is_cont[b, L - c : L] = True
-                # Only positions from the earliest continuation start onward need logits: ask
-                # the model to project just those (saves the (B, T, V) head on long contexts).
-                first = min(L - c for L, c in zip(inplens, contlens))
+                inp, attn, tgt, is_cont, first, contlens = _batch(requests, chunk, max_length, pad_token_id)
+                T = inp.shape[1]
                 if row_conditions is not None:
                     session.use_conditions([row_conditions[i] for i in chunk])
                 kwargs: dict[str, Any] = {"input_ids": inp.to(device)}
@@ -226,18 +194,8 @@ def score_tokens(
                 logits = model(**kwargs).logits  # (B, T', V), T' = T - first when sliced
                 if logits.shape[1] != T - first:
                     logits = logits[:, first:, :]  # (B, T - first, V)
-                if logits.dtype in (torch.float16, torch.bfloat16):
-                    logits = logits.float()  # log-probs in at least float32
-                tgt_w = tgt[:, first:].to(logits.device)  # (B, T')
-                mask_w = is_cont[:, first:].to(logits.device)  # (B, T')
-                # log_softmax gathered at the targets, without a second (B, T', V) tensor:
-                # log p(x) = z_x - logsumexp(z)
-                lse = torch.logsumexp(logits, dim=-1)  # (B, T')
-                z_tgt = logits.gather(-1, tgt_w.unsqueeze(-1)).squeeze(-1)  # (B, T')
-                tok_lp = torch.where(mask_w, z_tgt - lse, torch.zeros_like(lse))  # (B, T')
-                ll = tok_lp.sum(dim=-1)  # (B,)
-                greedy = ((logits.argmax(dim=-1) == tgt_w) | ~mask_w).all(dim=-1)  # (B,)
-                del logits, lse, z_tgt, tok_lp
+                ll, greedy = _lls(logits, tgt[:, first:], is_cont[:, first:])  # (B,) each
+                del logits
                 for b, i in enumerate(chunk):
                     results[i] = LL(float(ll[b]), contlens[b], bool(greedy[b]))
                 bar.advance(len(chunk))
@@ -399,7 +357,8 @@ def score_tokens_forked(
     if n == 0:
         return []
     max_length = max_length or _model_max_length(model)
-    order = sorted(range(n), key=lambda i: (-(len(requests[i][0]) + len(requests[i][1])), requests[i]))
+    _check_requests(requests, max_length)
+    order = _longest_first(requests)
     device = next(model.parameters()).device
     accepts_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     results: list[list[LL] | None] = [None] * n
@@ -407,7 +366,7 @@ def score_tokens_forked(
         for start in range(0, n, batch_size):
             chunk = order[start : start + batch_size]
             B = len(chunk)
-            inp, tgt, is_cont, first, contlens = _batch(requests, chunk, max_length, pad_token_id)  # (B, T) each
+            inp, _, tgt, is_cont, first, contlens = _batch(requests, chunk, max_length, pad_token_id)  # (B, T) each
             kwargs: dict[str, Any] = {"input_ids": inp.to(device), "use_cache": False}
             if accepts_keep:
                 kwargs["logits_to_keep"] = torch.arange(first, inp.shape[1], device=device)
@@ -426,8 +385,27 @@ def score_tokens_forked(
     return results  # type: ignore[return-value]
 
 
+def _check_requests(requests: Sequence[TokenRequest], max_length: int | None) -> None:
+    for i, (ctx, cont) in enumerate(requests):
+        if len(ctx) == 0 or len(cont) == 0:
+            raise RoutelabError(
+                f"token request {i} has {len(ctx)} context and {len(cont)} continuation tokens: "
+                "both must be non-empty (use encode_pair, which puts BOS before an empty context)"
+            )
+        if max_length is not None and len(cont) > max_length:
+            raise RoutelabError(
+                f"token request {i}: continuation of {len(cont)} tokens exceeds max_length="
+                f"{max_length}; score long texts with rolling_loglikelihood"
+            )
+
+
+def _longest_first(requests: Sequence[TokenRequest]) -> list[int]:
+    """Request indices, longest first; ties broken by the tokens themselves (deterministic order)."""
+    return sorted(range(len(requests)), key=lambda i: (-(len(requests[i][0]) + len(requests[i][1])), requests[i]))
+
+
 def _batch(requests, chunk, max_length, pad_token_id):
-    """(inp, tgt, is_cont, first scored position, continuation lengths) of one right-padded batch."""
+    """(inp, attn, tgt, is_cont, first scored position, continuation lengths) of one right-padded batch."""
     seqs, inplens, contlens = [], [], []
     for i in chunk:
         ctx, cont = requests[i]
@@ -439,19 +417,24 @@ def _batch(requests, chunk, max_length, pad_token_id):
         contlens.append(len(cont))
     B, T = len(chunk), max(inplens)
     inp = torch.full((B, T), pad_token_id, dtype=torch.long)  # (B, T) right-padded
+    attn = torch.zeros((B, T), dtype=torch.long)  # (B, T) 1 = real token
     tgt = torch.zeros((B, T), dtype=torch.long)  # (B, T) next-token targets
     is_cont = torch.zeros((B, T), dtype=torch.bool)  # (B, T) 1 = scored position
     for b, (seq, L, c) in enumerate(zip(seqs, inplens, contlens)):
         inp[b, :L] = torch.tensor(seq[:-1])
+        attn[b, :L] = 1
         tgt[b, :L] = torch.tensor(seq[1:])
         is_cont[b, L - c : L] = True
+    # Only positions from the earliest continuation start onward need logits (saves the
+    # (B, T, V) head on long contexts).
     first = min(L - c for L, c in zip(inplens, contlens))
-    return inp, tgt, is_cont, first, contlens
+    return inp, attn, tgt, is_cont, first, contlens
 
 
 def _lls(logits: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ log p(target) over masked positions and the all-greedy flag; logits (B, T', V)."""
-    logits = logits.float()
+    """Σ log p(target) over masked positions and the all-greedy flag; logits (B, T', V).
+    log_softmax gathered at the targets without a second (B, T', V) tensor: log p(x) = z_x − logsumexp(z)."""
+    logits = logits.float()  # log-probs in at least float32
     tgt, mask = tgt.to(logits.device), mask.to(logits.device)
     lse = torch.logsumexp(logits, dim=-1)  # (B, T')
     z = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, T')
