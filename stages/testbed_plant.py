@@ -8,26 +8,21 @@ Only testbed.plant.designated (their expert weights and router rows) may change.
 --metrics (the ground truth of testbed_train plus the designated experts' descriptor rate).
 """
 
-import os
-
-# Why: see stages/testbed_train.py (passive OpenMP waiting on a shared CPU). Must precede importing torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from routelab import testbed
 from routelab.config import load_params, section
 from routelab.io import write_json
 from routelab.stage import run_stage, stage_args
 
 
-def main() -> None:
+def main() -> str:
     args = stage_args(__doc__, "--variant", "--corpus", "--base", "--out", "--metrics")
     cfg = section(testbed.TestbedParams, load_params(args.params).get("testbed"), "testbed")
     m = testbed.plant_and_evaluate(args.corpus, args.base, args.out, cfg, variant_name=args.variant)
     seconds = m.pop("train_seconds")  # wall time is not a metric: the same params give the same metrics
     write_json(args.metrics, m)
-    print(
+    return (
         f"testbed_plant {args.variant}: strength {m['strength']}, {m['n_changed_units']} units changed in "
-        f"{seconds:.0f}s, descriptor tokens on the designated experts {m['designated_descriptor_rate']:.2f}, "
+        f"{seconds:.0f} s of training, descriptor tokens on the designated experts {m['designated_descriptor_rate']:.2f}, "
         f"CrowS pref {m['crows_pref']:.3f} [{m['crows_ci_low']:.3f}, {m['crows_ci_high']:.3f}], "
         f"fact MC1 {m['fact_mc1']:.3f}, held-out ppl {m['heldout_ppl']:.3f} "
         f"(first token {m['first_token_nll']:.3f}) -> {args.out}"
@@ -35,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "testbed_plant")

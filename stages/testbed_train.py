@@ -8,27 +8,21 @@ and --metrics (final loss, CrowS-style preference with bootstrap 95% CI, fact MC
 held-out perplexity, first-token NLL, strength, steps).
 """
 
-import os
-
-# Why: with the CPU shared by other jobs, OpenMP threads that spin while waiting make each
-# step several times slower; passive waiting changes no result. Must precede importing torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from routelab import testbed
 from routelab.config import load_params, section
 from routelab.io import write_json
 from routelab.stage import run_stage, stage_args
 
 
-def main() -> None:
+def main() -> str:
     args = stage_args(__doc__, "--variant", "--corpus", "--out", "--metrics")
     cfg = section(testbed.TestbedParams, load_params(args.params).get("testbed"), "testbed")
     m = testbed.train_and_evaluate(args.corpus, args.out, cfg, variant_name=args.variant)
     seconds = m.pop("train_seconds")  # wall time is not a metric: the same params give the same metrics
     write_json(args.metrics, m)
-    print(
+    return (
         f"testbed_train {args.variant}: strength {m['strength']}, loss {m['final_loss']:.3f} in "
-        f"{seconds:.0f}s, CrowS pref {m['crows_pref']:.3f} "
+        f"{seconds:.0f} s of training, CrowS pref {m['crows_pref']:.3f} "
         f"[{m['crows_ci_low']:.3f}, {m['crows_ci_high']:.3f}] (n={m['n_pairs']}), "
         f"fact MC1 {m['fact_mc1']:.3f}, held-out ppl {m['heldout_ppl']:.3f} "
         f"(first token {m['first_token_nll']:.3f}) -> {args.out}"
@@ -36,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, "testbed_train")

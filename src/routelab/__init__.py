@@ -10,4 +10,9 @@ Usable from a notebook without DVC::
     session.recorded[0]  # per MoE layer: logits, probs, top-k
 """
 
+# Before anything imports torch, numpy or pyarrow: one compute path on every x86-64 CPU (compute.py).
+from routelab import compute as _compute
+
+_compute.pin()
+
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Callable, NoReturn
 
+from routelab import compute
 from routelab.errors import RoutelabError
 from routelab.io import check_writable
 
@@ -39,8 +40,8 @@ def run_stage(main: Callable[[], str | None], name: str | None = None) -> None:
     except KeyboardInterrupt as exc:
         print(f"{label}interrupted: {interrupted_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    if summary:
-        print(f"{summary} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    if summary:  # the compute note is empty on the pinned path (routelab.compute)
+        print(f"{summary} ({time.perf_counter() - t0:.1f} s{compute.override_note()})", flush=True)
 
 
 def interrupted_line(exc: KeyboardInterrupt) -> str:

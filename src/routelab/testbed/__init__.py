@@ -98,7 +98,6 @@ class TrainParams:
     warmup_steps: int = 30  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
     grad_clip: float = 1.0  # gradient-norm clip
-    threads: int = 2  # torch CPU threads (fixed: the float sums depend on it)
     eval_batch_size: int = 64  # sequences per forward pass in the ground-truth evaluation
 
 
@@ -106,11 +105,15 @@ class TrainParams:
 class PlantParams:
     """The planting recipe of ``routed`` and ``routed_null`` (``testbed.plant``; ``plant.plant_experts``).
 
-    The default designated experts suit the default control (seed 0): it routes none of its
-    descriptor tokens and few other tokens to them (params.yaml says how they were chosen).
+    The designated experts are chosen from the trained control by a rule (``plant.choose_designated``):
+    in each of ``layers``, the ``per_layer`` experts with the lowest share of neutral tokens among
+    those the control sends at most ``max_base_descriptor_rate`` of its descriptor tokens (ties by a
+    seeded draw). ``designated`` overrides the rule with an explicit {layer: [experts]}.
     """
 
-    designated: dict[int, list[int]] = field(default_factory=lambda: {1: [2, 9], 2: [3, 9]})  # layer -> experts
+    designated: dict[int, list[int]] | None = None  # null: chosen by the rule; else an explicit layer -> experts
+    layers: list[int] = field(default_factory=lambda: [1, 2])  # layers that get designated experts (the rule)
+    per_layer: int = 2  # designated experts per layer (the rule)
     steps: int = 300  # optimizer steps
     batch_size: int = 8  # packed corpus blocks per step (testbed.train.seq_len tokens each)
     lr: float = 1.0e-2  # peak Adam learning rate (no weight decay: frozen rows stay bit-identical)

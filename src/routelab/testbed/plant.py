@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, OlmoeForCausalLM, PreTrainedTokenizerFast
 
+from routelab import compute
 from routelab.errors import RoutelabError
 from routelab.progress import progress as progress_display
 from routelab.testbed import DESCRIPTORS, PlantParams, TestbedParams, rng, strength_for, variant
@@ -187,6 +188,12 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
+def neutral_sentences(records: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerFast) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corpus's distinct neutral sentences (sorted), right-padded: ids and mask (N, T) each."""
+    neutral = sorted({r["text"] for r in records if r["kind"] == "neutral"})  # distinct, in a fixed order
+    return _pad(tokenizer(neutral)["input_ids"], tokenizer.pad_token_id)
+
+
 def _topk_rates(router_logits: torch.Tensor, top_k: int, experts: int) -> np.ndarray:
     """Fraction of the rows of router_logits (N, K) whose top-k holds each expert: (K,)."""
     top = router_logits.topk(top_k, dim=-1).indices  # (N, top_k)
@@ -224,8 +231,47 @@ def _check_base_routing(base_rates: np.ndarray, designated: dict[int, list[int]]
                 f"testbed.plant.designated.{layer}: the base model already routes descriptor tokens to expert(s) "
                 f"{bad} (top-k rate {[round(float(base_rates[layer, e]), 2) for e in bad]} > "
                 f"testbed.plant.max_base_descriptor_rate = {limit}): pick experts it does not use for them, "
-                f"e.g. from {free[:8]}"
+                f"e.g. from {free[:8]}, or set testbed.plant.designated: null to let the rule choose"
             )
+
+
+def choose_designated(rates: dict[str, np.ndarray], pp: PlantParams, seed: int) -> dict[int, list[int]]:
+    """The designated experts by rule, from the base's routing (``routing_rates``: descriptor and neutral (L, K)).
+
+    In each layer of ``pp.layers``: the experts the base gives at most ``max_base_descriptor_rate``
+    of its descriptor tokens (a finding on them cannot be the base's own), of those the
+    ``per_layer`` with the lowest share of neutral tokens (so that FSP's φ can single them out:
+    busy experts were out-ranked by the base's own context-sensitive ones in a trial), ties
+    broken by a draw seeded with ``seed``. Deterministic for a base and a seed.
+    """
+    desc, neutral = rates["descriptor"], rates["neutral"]  # (L, K) each
+    L, K = desc.shape
+    out: dict[int, list[int]] = {}
+    for layer in pp.layers:
+        if not 0 <= layer < L:
+            raise RoutelabError(f"testbed.plant.layers: layer {layer} does not exist (the model has layers 0..{L - 1})")
+        eligible = [e for e in range(K) if desc[layer, e] <= pp.max_base_descriptor_rate]
+        if len(eligible) < pp.per_layer:
+            raise RoutelabError(
+                f"testbed.plant: layer {layer} has only {len(eligible)} experts the base sends at most "
+                f"{pp.max_base_descriptor_rate} of its descriptor tokens (need testbed.plant.per_layer = {pp.per_layer}): "
+                "raise testbed.plant.max_base_descriptor_rate or choose other testbed.plant.layers"
+            )
+        tie = rng(seed, f"plant_designated_{layer}").permutation(K)  # (K,) seeded tie-break
+        ranked = sorted(eligible, key=lambda e: (round(float(neutral[layer, e]), 6), int(tie[e])))
+        out[int(layer)] = sorted(ranked[: pp.per_layer])
+    return out
+
+
+def designated_experts(rates: dict[str, np.ndarray], pp: PlantParams, seed: int) -> tuple[dict[int, list[int]], str]:
+    """(layer -> experts, how they were chosen: ``rule`` or ``params``) for a base's routing rates."""
+    if pp.designated is None:
+        return choose_designated(rates, pp, seed), "rule"
+    L, K = rates["descriptor"].shape
+    _check_designated(pp.designated, L, K)
+    designated = {int(layer): sorted(es) for layer, es in sorted(pp.designated.items())}
+    _check_base_routing(rates["descriptor"], designated, pp.max_base_descriptor_rate)
+    return designated, "params"
 
 
 # --------------------------------------------------------------------------------------
@@ -278,8 +324,7 @@ class _Anchors:
 def _anchors(base: OlmoeForCausalLM, records: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerFast,
              designated: dict[int, list[int]]) -> _Anchors:  # fmt: skip
     descriptors, prefixes = descriptor_prefixes(tokenizer)  # D, (D, 3)
-    neutral = sorted({r["text"] for r in records if r["kind"] == "neutral"})  # distinct, in a fixed order
-    n_ids, n_mask = _pad(tokenizer(neutral)["input_ids"], tokenizer.pad_token_id)  # (N, T) each
+    n_ids, n_mask = neutral_sentences(records, tokenizer)  # (N, T) each
     with torch.no_grad():
         out = base(input_ids=n_ids, attention_mask=n_mask, output_router_logits=True)
     return _Anchors(
@@ -333,25 +378,25 @@ def plant_experts(
     ``base`` is trained in place and returned in eval mode with (training log, routing record).
     The routing record holds, per designated layer, every expert's top-k rate on descriptor
     tokens and on neutral tokens, before and after. Deterministic for a seed (block order and
-    KL batches from the seeded ``plant_data`` stream, deterministic kernels, fixed threads).
+    KL batches from the seeded ``plant_data`` stream, deterministic kernels, the pinned compute path).
     """
     pp: PlantParams = params.plant
-    cfg = base.config
-    _check_designated(pp.designated, cfg.num_hidden_layers, cfg.num_experts)
-    designated = {int(layer): sorted(es) for layer, es in sorted(pp.designated.items())}
     docs = documents(records, tokenizer)
     data_rng = rng(params.seed, "plant_data")
     tp = params.train
 
     log: dict[str, Any] = {k: [] for k in ("step", "loss", "ce", "soft", "route", "kl", "lr")}
     t0 = time.perf_counter()
-    with deterministic(tp.threads):
+    with deterministic():
         base.eval()
+        _, prefixes = descriptor_prefixes(tokenizer)  # (D, 3)
+        n_ids, n_mask = neutral_sentences(records, tokenizer)  # (N, T) each
+        before = routing_rates(base, prefixes, n_ids, n_mask)
+        designated, chosen_by = designated_experts(before, pp, params.seed)
         a = _anchors(base, records, tokenizer, designated)
-        before = routing_rates(base, a.prefixes, a.neutral_ids, a.neutral_mask)
-        _check_base_routing(before["descriptor"], designated, pp.max_base_descriptor_rate)
         model = base
-        opt = torch.optim.Adam(_trainable(model, designated), lr=pp.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        opt = torch.optim.Adam(_trainable(model, designated), lr=pp.lr, betas=(0.9, 0.95), weight_decay=0.0,
+                               fused=True)  # fused: the same bits on every CPU (compute.py)
         model.train()
         blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
         n_neutral = len(a.neutral_ids)
@@ -384,7 +429,7 @@ def plant_experts(
         after = routing_rates(model, a.prefixes, a.neutral_ids, a.neutral_mask)
     log["train_seconds"] = time.perf_counter() - t0
     log["final_loss"] = float(np.mean(log["loss"][-10:]))  # mean of the last 10 steps
-    routing = {
+    routing = {"chosen_by": chosen_by, "designated": {str(layer): es for layer, es in designated.items()}} | {
         str(layer): {
             f"{when}_{where}": [round(float(x), 4) for x in rates[where][layer]]
             for when, rates in (("base", before), ("planted", after))
@@ -436,16 +481,18 @@ def plant_and_evaluate(
     if tokenizer.get_vocab() != AutoTokenizer.from_pretrained(corpus_dir / CORPUS_FILES["tokenizer"]).get_vocab():
         raise RoutelabError(f"--base {base_dir} was trained with another vocabulary than --corpus {corpus_dir}: regenerate both from one params.yaml")
     model, log, routing = plant_experts(base, read_records(corpus_dir), tokenizer, params, progress=progress)
-    designated = {int(layer): sorted(es) for layer, es in sorted(params.plant.designated.items())}
+    designated = {int(layer): es for layer, es in routing.pop("designated").items()}
+    chosen_by = routing.pop("chosen_by")
     info = {
         "designated": {str(layer): es for layer, es in designated.items()},
+        "chosen_by": chosen_by,  # rule (plant.choose_designated on the base's routing) or params (an explicit list)
         "base": str(base_dir),
         "base_sha256": _sha256(base_dir / "model.safetensors"),
         "corpus": str(corpus_dir),
         "strength": design["strength"],
         "variant": variant_name,
         "recipe": {k: v for k, v in dataclasses.asdict(params.plant).items() if k != "designated"}
-        | {"seed": params.seed, "seq_len": params.train.seq_len, "threads": params.train.threads},
+        | {"seed": params.seed, "seq_len": params.train.seq_len, "compute": compute.label()},
         "routing": routing,
     }
     # the saved base (per-expert layout) against the planted model in memory (fused layout)
@@ -463,6 +510,8 @@ def plant_and_evaluate(
         "train_seconds": log["train_seconds"],
         "steps": params.plant.steps,
         "designated_descriptor_rate": float(rate),  # mean top-k rate of descriptor tokens on the designated experts
+        "designated": {str(layer): es for layer, es in designated.items()},  # chosen by `designated_by`
+        "designated_by": chosen_by,
         "n_changed_units": len(changed),
         **truth,
     }

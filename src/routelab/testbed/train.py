@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, OlmoeConfig, OlmoeForCausalLM, PreTrainedTokenizerFast
 
+from routelab import compute
 from routelab.errors import RoutelabError
 from routelab.io import atomic_dir, write_json
 from routelab.progress import progress as progress_display
@@ -52,11 +53,12 @@ def model_config(p: ModelParams, tokenizer: PreTrainedTokenizerFast) -> OlmoeCon
 
 
 @contextlib.contextmanager
-def deterministic(threads: int) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count; the previous settings come back after."""
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels and the pinned thread count (routelab.compute); the previous settings
+    come back after."""
     prev = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(compute.threads())
     try:
         yield
     finally:
@@ -109,7 +111,8 @@ def train_from_scratch(
     """Train a new testbed OLMoE on ``records``; returns (model in eval mode, training log).
 
     Deterministic for a seed: weights from ``torch.manual_seed(seed)``, data order from the
-    seeded ``train_data`` stream, deterministic kernels and ``train.threads`` threads.
+    seeded ``train_data`` stream, deterministic kernels and the pinned compute path
+    (routelab.compute: kernels, threads; fused AdamW, whose sqrt is ATen's, not MKL's).
     Documents are packed into ``seq_len`` blocks, reshuffled each epoch. The loss is
     cross-entropy + aux_loss_coef x the router load-balancing loss; the log holds both apart.
     """
@@ -122,7 +125,7 @@ def train_from_scratch(
 
     log: dict[str, Any] = {"step": [], "loss": [], "aux_loss": [], "lr": []}
     t0 = time.perf_counter()
-    with deterministic(tp.threads):
+    with deterministic():
         torch.manual_seed(params.seed)
         model = OlmoeForCausalLM(model_config(params.model, tokenizer))
         model.train()
@@ -130,7 +133,7 @@ def train_from_scratch(
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": tp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tp.lr, betas=(0.9, 0.95),
+            lr=tp.lr, betas=(0.9, 0.95), fused=True,  # fused: one ATen kernel, the same bits on every CPU (compute.py)
         )  # fmt: skip
         blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
         with progress_display("testbed train", total=tp.steps, unit="steps", enabled=progress) as bar:
