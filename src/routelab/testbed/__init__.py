@@ -207,6 +207,7 @@ RNG_STREAMS: dict[str, int] = {
     "train_data": 5,  # block order during training
     "neutral": 6,  # neutral sentences and the held-out split
     "plant_data": 7,  # block order and neutral-sentence batches while planting
+    "plant_designated": 8,  # tie-breaks of the rule that chooses the designated experts
 }
 
 

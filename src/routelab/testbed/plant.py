@@ -247,6 +247,7 @@ def choose_designated(rates: dict[str, np.ndarray], pp: PlantParams, seed: int) 
     desc, neutral = rates["descriptor"], rates["neutral"]  # (L, K) each
     L, K = desc.shape
     out: dict[int, list[int]] = {}
+    gen = rng(seed, "plant_designated")
     for layer in pp.layers:
         if not 0 <= layer < L:
             raise RoutelabError(f"testbed.plant.layers: layer {layer} does not exist (the model has layers 0..{L - 1})")
@@ -257,7 +258,7 @@ def choose_designated(rates: dict[str, np.ndarray], pp: PlantParams, seed: int) 
                 f"{pp.max_base_descriptor_rate} of its descriptor tokens (need testbed.plant.per_layer = {pp.per_layer}): "
                 "raise testbed.plant.max_base_descriptor_rate or choose other testbed.plant.layers"
             )
-        tie = rng(seed, f"plant_designated_{layer}").permutation(K)  # (K,) seeded tie-break
+        tie = gen.permutation(K)  # (K,) seeded tie-break
         ranked = sorted(eligible, key=lambda e: (round(float(neutral[layer, e]), 6), int(tie[e])))
         out[int(layer)] = sorted(ranked[: pp.per_layer])
     return out
