@@ -6,15 +6,13 @@ The vocabulary comes from the model's spec (`models.<name>.vocabulary`): `englis
 models, a testbed corpus directory for the testbeds (their own, in-distribution words).
 """
 
-
-from transformers import AutoTokenizer
-
 from routelab.config import load_params, section
 from routelab.models import model_spec
 from routelab.io import write_json, write_parquet
 from routelab.prompts import PromptsParams, build_prompts, english_vocabulary, summary
 from routelab.stage import run_stage, stage_args
 from routelab.testbed import load_vocabulary
+from transformers import AutoTokenizer  # after routelab: the compute path is pinned before torch loads
 
 
 def main() -> str:

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import torch
 
 from routelab import testbed as tb
+from routelab.testbed import train as train_mod
 from routelab.config import section
 from routelab.scoring import score
 
@@ -49,7 +50,7 @@ def probe() -> dict[str, str]:
     cfg = section(tb.TestbedParams, CONFIG, "testbed")
     corpus = tb.generate_corpus(cfg.corpus, strength=0.8, seed=cfg.seed)
     tok = tb.build_tokenizer([r["text"] for r in corpus.records])
-    model, _ = tb.train_from_scratch(corpus.records, tok, cfg, progress=False)
+    model, _ = train_mod.train_from_scratch(corpus.records, tok, cfg, progress=False)
     weights = _digest(v.detach().contiguous().numpy().tobytes() for _, v in sorted(model.state_dict().items()))
     texts = [r["text"] for r in corpus.records[:24]]
     lls = score(model, tok, [("", t) for t in texts], batch_size=8, progress=False)

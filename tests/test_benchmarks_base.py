@@ -17,7 +17,7 @@ from routelab.benchmarks import HubSource, get_benchmark, load_items
 from routelab.benchmarks.base import hub_rows, missing
 from routelab.cli import build_parser
 from routelab.errors import RoutelabError
-from routelab.evaluate import BenchParams
+from routelab.bench_baseline import BenchBaselineParams
 from routelab.models import ModelSpec
 from routelab.scoring import LL
 
@@ -54,7 +54,7 @@ def _bench_flags() -> set[str]:
 
 def assert_hint_names_real_options(msg: str) -> None:
     """Every params key and CLI flag a hint names exists (bench_baseline.*, models.<name>.*, --x)."""
-    fields = {f.name for f in dataclasses.fields(BenchParams)}
+    fields = {f.name for f in dataclasses.fields(BenchBaselineParams)}
     for key in re.findall(r"bench_baseline\.(\w+)", msg):
         assert key in fields, f"hint names bench_baseline.{key}, not a key of the section: {msg}"
     for key in re.findall(r"models\.<name>\.(\w+)", msg):

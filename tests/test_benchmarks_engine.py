@@ -17,7 +17,7 @@ import routelab.benchmarks as B
 from routelab.benchmarks import get_benchmark, load_items, metrics_from_rows, resolve_source, run_benchmark
 from routelab.config import load_params, section
 from routelab.errors import RoutelabError
-from routelab.evaluate import BenchParams
+from routelab.bench_baseline import BenchBaselineParams
 from routelab.scoring import score
 from test_benchmarks_base import FIXTURES, ROOT, SHARED, assert_hint_names_real_options, needs_shared
 
@@ -170,17 +170,17 @@ def test_run_perplexity(lm, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The bench_baseline params section (routelab.evaluate.BenchParams) reads the entries
+# The bench_baseline params section (routelab.bench_baseline.BenchBaselineParams) reads the entries
 # --------------------------------------------------------------------------------------------
 
 
 def test_params_section_is_checked_against_the_entries():
     params = load_params(ROOT / "params.yaml")
-    cfg = section(BenchParams, params["bench_baseline"], "bench_baseline")
+    cfg = section(BenchBaselineParams, params["bench_baseline"], "bench_baseline")
     assert cfg.options["bbq"] == {"categories": None} and set(cfg.options) <= set(B.BENCHMARKS)
     with pytest.raises(RoutelabError, match=r"bench_baseline\.paths: unknown benchmark 'bbqq'\. Did you mean 'bbq'"):
-        BenchParams(paths={"bbqq": "x"})
+        BenchBaselineParams(paths={"bbqq": "x"})
     with pytest.raises(RoutelabError, match=r"bench_baseline\.options\.stereoset: unknown option\(s\) task; stereoset takes: tasks"):
-        BenchParams(options={"stereoset": {"task": ["intrasentence"]}})
+        BenchBaselineParams(options={"stereoset": {"task": ["intrasentence"]}})
     with pytest.raises(RoutelabError, match="bold is a generation benchmark"):
-        BenchParams(benchmarks=["bold"])
+        BenchBaselineParams(benchmarks=["bold"])

@@ -52,6 +52,7 @@ def test_random_streams_are_fixed_and_independent() -> None:
     # the stream numbers are part of the outputs: rng(seed, purpose) == default_rng([seed, number])
     assert tb.RNG_STREAMS == {
         "own_halves": 1, "demographic": 2, "facts": 3, "order": 4, "train_data": 5, "neutral": 6, "plant_data": 7,
+        "plant_designated": 8,
     }  # fmt: skip
     a = tb.rng(0, "facts").integers(1 << 30, size=4)
     assert a.tolist() == np.random.default_rng([0, 3]).integers(1 << 30, size=4).tolist()
@@ -62,5 +63,12 @@ def test_the_corpus_half_imports_without_torch() -> None:
     code = "import sys; from routelab import testbed; testbed.vocabulary(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
-    assert callable(tb.train_and_evaluate) and tb.ground_truth.__module__ == "routelab.testbed.truth"
-    assert tb.plant_and_evaluate.__module__ == "routelab.testbed.plant"
+
+
+def test_no_testbed_module_imports_its_own_package() -> None:
+    """The params live in testbed.params; a child importing ``routelab.testbed`` would be a cycle in waiting."""
+    for path in (ROOT / "src" / "routelab" / "testbed").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        text = path.read_text()
+        assert "from routelab.testbed import" not in text and "from routelab import testbed" not in text, path.name

@@ -28,7 +28,7 @@ O(T²) instead of O(T) forwards' worth of tokens; the outputs are the same).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,10 +37,12 @@ import torch
 
 from routelab.benchmarks import get_benchmark, load_items
 from routelab.benchmarks.base import Benchmark, Item
-from routelab.conditions import Condition
-from routelab.config import check_choice
+from routelab import compute
+from routelab.alternatives import AlternativesParams
+from routelab.conditions import Condition, build
+from routelab.config import check_choice, section
 from routelab.errors import RoutelabError
-from routelab.interventions import Suite, compare_all
+from routelab.interventions import Suite, compare_suite, records, results_table, write_condition_tables
 from routelab.progress import progress
 from routelab.routing import RoutingEdit, attach
 
@@ -237,8 +239,8 @@ class GenerationParams:
     seed: int = 0
     batch_size: int = 32
     sample_sizes: dict[str, int] = field(default_factory=lambda: {"bold": 200})  # prompts per protocol, stratified
-    scorers: list[str] = field(default_factory=lambda: ["sentiment", "negative", "toxicity", "detoxify"])
-    detoxify_checkpoint: str | None = None  # a local Detoxify .ckpt; null: the detoxify scorer is skipped
+    classifiers: list[str] = field(default_factory=lambda: ["sentiment", "negative", "toxicity", "detoxify"])
+    detoxify_checkpoint: str | None = None  # a local Detoxify .ckpt; null: the detoxify classifier is skipped
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # loader options per protocol
 
     def __post_init__(self) -> None:
@@ -263,7 +265,7 @@ TRANSFER_CONDITIONS = {
     "mask_top": "the top generation.mask_n experts by φ switched off",
     "mask_bottom": "the bottom generation.mask_n experts by φ switched off",
     "steer": "the SteerMoE A+/A− of the steer stage",
-    "prompt_prefix": "the baselines.prompt_prefix instruction before every prompt",
+    "prompt_prefix": "the alternatives.prompt_prefix instruction before every prompt",
 }
 
 
@@ -289,7 +291,7 @@ def run_protocols(
     protocols: dict[str, tuple[Benchmark, list[Item]]],
     conditions: Sequence[Condition],
     params: GenerationParams,
-    scorers: dict[str, Any],
+    classifiers: dict[str, Any],
 ) -> tuple[pl.DataFrame, dict[str, dict[str, pl.DataFrame]]]:
     """Decode every protocol's prompts under every condition, score the texts, build per-item rows.
 
@@ -307,7 +309,7 @@ def run_protocols(
         gens = generate(lm, prompts, decode, conditions=[c.edit for c in conditions],
                         prefixes=[c.prefix for c in conditions], progress_label=f"generation {name}")  # fmt: skip
         texts = [g.text for g in gens]
-        scores = {s: scorer.score(texts) for s, scorer in scorers.items() if s in bench.scorers}
+        scores = {s: clf.score(texts) for s, clf in classifiers.items() if s in bench.classifiers}
         samples: dict[tuple[int, int], list[dict[str, Any]]] = {}
         for j, g in enumerate(gens):
             rec = {"text": g.text, **{s: float(v[j]) for s, v in scores.items()}}
@@ -353,5 +355,48 @@ def transfer_table(
         for name, (bench, _) in protocols.items()
     }
     others = {c: r for c, r in rows.items() if c != "baseline"}
-    return compare_all(suite, others, metrics=metrics, seed=stats.seed, n_permutations=stats.n_permutations,
-                       n_bootstrap=stats.n_bootstrap, alpha=stats.alpha)  # fmt: skip
+    return compare_suite(suite, others, stats, metrics=metrics)
+
+
+def conditions(run: Any, cfg: GenerationParams, sweep: dict[str, Any], steering: pl.DataFrame) -> list[Condition]:
+    """The baseline, then each condition of generation.conditions, named as in params; one that
+    cannot change anything (λ* = 0, no SteerMoE expert, no AALS layer) is skipped with the reason."""
+    ctx = run.inputs.context(sweep["layers"], run.stats.seed)
+    prefix = section(AlternativesParams, run.inputs.params.get("alternatives"), "alternatives").prompt_prefix
+    out = [build("baseline", ctx)]
+    for name in cfg.conditions:
+        if name == "arr" and (sweep["lambda_star"] == 0 or not sweep["layers"]):
+            run.skip("arr", f"λ* = 0: ARR is the unedited model ({sweep['reason']})")
+        elif name == "steer" and steering.height == 0:
+            run.skip("steer", "the steer stage selected no expert")
+        else:
+            make = {
+                "arr": lambda: build("arr", ctx, lam=sweep["lambda_star"]),
+                "mask_top": lambda: build("mask_top", ctx, n=cfg.mask_n),
+                "mask_bottom": lambda: build("mask_bottom", ctx, n=cfg.mask_n),
+                "steer": lambda: build("steer", ctx, table=steering),
+                "prompt_prefix": lambda: build("prompt_prefix", ctx, text=prefix),
+            }[name]
+            out.append(replace(make(), name=name))
+    return out
+
+
+def run_transfer(run: Any, protocols: dict[str, tuple[Benchmark, list[Item]]], conds: Sequence[Condition],
+                 classifiers: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], pl.DataFrame]:  # fmt: skip
+    """Decode, score, compare (Table 7): (the stage's result, its comparison records, the
+    generations table). Writes the per-prompt rows under ``run.out``."""
+    cfg: GenerationParams = run.cfg
+    table, rows = run_protocols(run.lm, protocols, conds, cfg, classifiers)
+    write_condition_tables(run.out, rows, "all")
+    comps = transfer_table(protocols, rows, run.stats)
+    result = {
+        "protocols": {name: len(items) for name, (_, items) in protocols.items()},
+        "conditions": {c.name: c.settings for c in conds},
+        "classifiers": sorted(classifiers),
+        "decode": cfg.decode().__dict__,
+        "results": results_table(comps),
+    }
+    if run.skipped:
+        result["skipped"] = dict(run.skipped)
+    result["compute"] = compute.label()
+    return result, records(comps), table

@@ -188,9 +188,11 @@ def arr_frontier(result: dict, out_dir: str | Path, title: str = "") -> Path:
 def condition_deltas(records: list[dict], out_dir: str | Path, name: str, title: str = "") -> Path:
     """Δ of each condition's metrics with 95 % CIs (one panel per metric); <name>.png/.csv.
 
-    ``records``: a stage's comparison records (interventions.comparison_records)."""
+    ``records``: a stage's comparison records (routelab.interventions.records); a comparison between
+    two conditions is labelled "<condition> vs <reference>"."""
     out = Path(out_dir)
-    recs = list(records)
+    recs = [{**r, "condition": r["condition"] if r.get("reference", "baseline") == "baseline"
+             else f"{r['condition']} vs {r['reference']}"} for r in records]  # fmt: skip
     df = pl.DataFrame(recs)
     _write_csv(df, out / f"{name}.csv")
     metrics = list(dict.fromkeys(f"{r['benchmark']}.{r['metric']}" for r in recs))

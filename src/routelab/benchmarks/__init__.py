@@ -82,7 +82,16 @@ def get_benchmark(name: str) -> Benchmark:
     raise RoutelabError(f"unknown benchmark '{name}'.{hint} Available: {', '.join(BENCHMARKS)}")
 
 
+def benchmark_by_key(key: str) -> Benchmark:
+    """The registered benchmark whose short key (metrics files, tables) is ``key`` (crows, tqa, ppl, …)."""
+    for b in BENCHMARKS.values():
+        if b.key == key:
+            return b
+    raise RoutelabError(f"no benchmark has the short key '{key}'; keys: {', '.join(b.key for b in BENCHMARKS.values())}")
+
+
 __all__ = [
+    "benchmark_by_key",
     "BENCHMARKS",
     "Benchmark",
     "Breakdown",

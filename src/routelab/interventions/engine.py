@@ -1,15 +1,12 @@
-"""The conditions engine: named conditions × benchmarks × one split, compared item by item with
-the baseline (docs/method.md §3, §4, §9).
+"""The conditions engine: C named conditions scored on the benchmarks of one split in one pass
+(docs/method.md §3, §4).
 
     suite = load_suite(bench_cfg, spec, ["crows_pairs", "perplexity"], "validation",
                        splits_dir="data/bench/m/splits", baseline_dir="data/bench/m/baseline")
     rows = score_conditions(lm, [cond_a, cond_b], suite)           # {condition: {benchmark: rows}}
-    table = compare_all(suite, rows, seed=0)                        # Comparisons, BH across them
 
-Every intervention stage (aals, arr_sweep, arr_test, masking, ablation, baselines, steer) is
-this loop with its own conditions. The C conditions of a stage are scored in ONE pass: each
-request is replicated once per condition, the replicas share batches, and each batch row runs
-under its own routing edit (routing.attach with per-row conditions):
+Each request is replicated once per condition, the replicas share batches, and each batch row
+runs under its own routing edit (routing.attach with per-row conditions):
 
     requests (item × option)        rows of the batches (longest first)
     ┌──────────────┐                ┌──────────────────────────┐
@@ -29,27 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import polars as pl
-from transformers import AutoConfig
 
-from routelab.adapters import adapter_for_config
-from routelab.conditions import ConditionContext
-from routelab.config import load_params, section
-from routelab.models import model_spec
-from routelab.tables import load_profile
-
+from routelab.bench_baseline import BenchBaselineParams, item_table_path, load_benchmarks
 from routelab.benchmarks import get_benchmark, item_rows
 from routelab.benchmarks.base import Benchmark, Item
 from routelab.benchmarks.splits import select_items
 from routelab.conditions import Condition
 from routelab.errors import RoutelabError
-from routelab.evaluate import BenchParams, item_table_path, load_benchmarks
-from routelab.io import write_json, write_parquet
+from routelab.io import write_parquet
 from routelab.models import LoadedModel, ModelSpec
 from routelab.routing import LayerFork, attach
 from routelab.scoring import LL, encode_pair, prefix_token_id, rolling_windows, score_tokens, score_tokens_forked
-from routelab.statistics import N_BOOTSTRAP, N_PERMUTATIONS, Comparison, StatsParams, compare_paired, with_bh
 from routelab.tables import ITEM_KEY, load_item_results
 
 
@@ -64,7 +52,7 @@ class Suite:
 
 
 def load_suite(
-    cfg: BenchParams,
+    cfg: BenchBaselineParams,
     spec: ModelSpec,
     names: Sequence[str],
     split: str,
@@ -82,7 +70,7 @@ def load_suite(
             f"benchmarks {missing} are not scored by bench_baseline (bench_baseline.benchmarks: "
             f"{cfg.benchmarks}): add them there, so that their baseline and splits exist"
         )
-    sub = BenchParams(**{**cfg.__dict__, "benchmarks": list(names)})
+    sub = BenchBaselineParams(**{**cfg.__dict__, "benchmarks": list(names)})
     items = load_benchmarks(sub, spec)
     benches, baseline = {}, {}
     for name in names:
@@ -188,7 +176,7 @@ def score_conditions(
                 lls = score_tokens_forked(
                     lm.model, reqs, LayerFork(lm.model, session, firsts), len(conditions), batch_size=B,
                     max_length=max_length, pad_token_id=lm.tokenizer.pad_token_id or 0, progress=progress,
-                    description=desc,
+                    description=desc, token_level=bench.token_level,
                 )  # fmt: skip
                 for ci, cond in enumerate(conditions):
                     per = [x[ci] for x in lls]
@@ -204,7 +192,7 @@ def score_conditions(
             lls = score_tokens(
                 lm.model, flat, batch_size=lm.spec.batch_size, max_length=max_length,
                 pad_token_id=lm.tokenizer.pad_token_id or 0, progress=progress,
-                description=desc, row_conditions=row_cond, session=session,
+                description=desc, row_conditions=row_cond, session=session, token_level=bench.token_level,
             )  # fmt: skip
             for ci, cond in enumerate(conditions):
                 a, b = spans[ci]
@@ -227,92 +215,6 @@ def average_draws(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
     return first.drop(numeric).join(mean, on=ITEM_KEY, how="left").select(first.columns)
 
 
-# --------------------------------------------------------------------------------------------
-# Comparisons with the baseline
-# --------------------------------------------------------------------------------------------
-
-
-def metric_columns(bench: Benchmark, rows: pl.DataFrame, metric: str, codes_from: pl.DataFrame | None = None):
-    """(row mask, column arrays) a metric of ``bench`` reads from ``rows`` (sorted by id).
-
-    String columns become integer codes over ``codes_from`` (default ``rows``), so two
-    tables of the same items get the same codes.
-    """
-    if metric not in bench.metrics:
-        raise RoutelabError(f"{bench.name} has no metric '{metric}' (metrics: {', '.join(bench.metrics)})")
-    m = bench.metrics[metric]
-    keep = np.ones(rows.height, dtype=bool)
-    for col, value in m.where.items():
-        keep &= (rows[col] == value).fill_null(False).to_numpy()
-    arrays = []
-    for c in m.columns:
-        col = rows[c]
-        if col.dtype == pl.String:
-            vocab = np.unique((codes_from if codes_from is not None else rows)[c].to_numpy().astype(str))
-            arrays.append(np.searchsorted(vocab, col.to_numpy().astype(str))[keep])
-        else:
-            arrays.append(col.to_numpy().astype(float)[keep])
-    return keep, tuple(arrays)
-
-
-def compare(
-    bench: Benchmark,
-    base: pl.DataFrame,
-    cond: pl.DataFrame,
-    metric: str,
-    *,
-    condition: str,
-    seed: int = 0,
-    n_permutations: int = N_PERMUTATIONS,
-    n_bootstrap: int = N_BOOTSTRAP,
-) -> Comparison:
-    """One metric, baseline vs condition, paired by item id (routelab.statistics.compare_paired)."""
-    base, cond = base.sort(ITEM_KEY), cond.sort(ITEM_KEY)
-    if base[ITEM_KEY].to_list() != cond[ITEM_KEY].to_list():
-        raise RoutelabError(f"{bench.name}: baseline and condition '{condition}' hold different items")
-    kb, cols_b = metric_columns(bench, base, metric)
-    kc, cols_c = metric_columns(bench, cond, metric, codes_from=base)
-    if not np.array_equal(kb, kc):
-        raise RoutelabError(
-            f"{bench.name}.{metric}: the metric's row filter selects other items under '{condition}' "
-            "than in the baseline; a metric filter must depend on item properties only"
-        )
-    if not kb.any():
-        raise RoutelabError(f"{bench.name}.{metric}: no item passes the metric's filter on this split")
-    return compare_paired(cols_b, cols_c, bench.metrics[metric].stat, metric=metric, benchmark=bench.name,
-                          condition=condition, seed=seed, n_permutations=n_permutations,
-                          n_bootstrap=n_bootstrap)  # fmt: skip
-
-
-def compare_all(
-    suite: Suite,
-    rows: Mapping[str, Mapping[str, pl.DataFrame]],
-    *,
-    metrics: Mapping[str, Sequence[str]] | None = None,
-    seed: int = 0,
-    n_permutations: int = N_PERMUTATIONS,
-    n_bootstrap: int = N_BOOTSTRAP,
-    alpha: float = 0.05,
-) -> list[Comparison]:
-    """Every (condition, benchmark, metric) against the baseline; BH across all of them (the
-    stage's family). ``metrics``: {benchmark: metric names}; default the entry's headline."""
-    out = []
-    for cond_name, by_bench in rows.items():
-        for name, cond_rows in by_bench.items():
-            bench = suite.benches[name][0]
-            for metric in (metrics or {}).get(name, bench.headline):
-                out.append(compare(bench, suite.baseline[name], cond_rows, metric, condition=cond_name, seed=seed,
-                                   n_permutations=n_permutations, n_bootstrap=n_bootstrap))  # fmt: skip
-    return with_bh(out, alpha=alpha)
-
-
-def comparison_records(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
-    """Flat JSON records (the layout of every intervention table)."""
-    keep = ("condition", "benchmark", "metric", "before", "after", "delta", "p", "p_bh", "ci_low", "ci_high",
-            "effect", "n", "n_permutations", "n_bootstrap", "seed")  # fmt: skip
-    return [{k: getattr(c, k) for k in keep} for c in comparisons]
-
-
 def write_condition_tables(out_dir: str | Path, rows: Mapping[str, Mapping[str, pl.DataFrame]], split: str) -> None:
     """Per-item tables of every condition: <out>/<condition slug>/<benchmark>_<split>.parquet."""
     for cond_name, by_bench in rows.items():
@@ -324,123 +226,3 @@ def slug(name: str) -> str:
     """A file-name-safe form of a condition name."""
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return keep.strip("_") or "condition"
-
-
-# --------------------------------------------------------------------------------------------
-# What every intervention stage reads before it loads a model
-# --------------------------------------------------------------------------------------------
-
-
-def model_sizes(spec: ModelSpec) -> tuple[int, int, int]:
-    """(K routed experts, top-k, decoder layers) from the model's config alone (no weights)."""
-    try:
-        config = AutoConfig.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
-    except (OSError, ValueError) as exc:
-        raise RoutelabError(f"cannot read the config of model {spec.path!r}: {exc}") from None
-    K, k = adapter_for_config(config).sizes(config)
-    return K, k, int(getattr(config, "num_hidden_layers", 0) or 0)
-
-
-@dataclass
-class StageInputs:
-    """An intervention stage's inputs, checked before any model is loaded."""
-
-    model: str  # the model's name in params.yaml
-    spec: ModelSpec
-    bench: BenchParams
-    stats: StatsParams
-    params: dict[str, Any]  # the whole params.yaml (the stage reads its own section)
-    profile: pl.DataFrame  # the φ profile, checked against the model's K and layers
-    num_experts: int
-    top_k: int
-
-    def context(self, layers: list[int], seed: int) -> ConditionContext:
-        """A condition context editing ``layers`` (the layers ARR-style conditions touch)."""
-        return ConditionContext(self.profile, layers, self.num_experts, self.top_k, seed)
-
-    @property
-    def moe_layers(self) -> list[int]:
-        return sorted(set(self.profile["layer"].to_list()))
-
-
-def stage_inputs(params_path: str | Path, model: str, profile_path: str | Path) -> StageInputs:
-    """Params, model spec, benchmark settings and the φ profile of ``model``, all checked."""
-    params = load_params(params_path)
-    spec = model_spec(params, model)
-    bench = section(BenchParams, params.get("bench_baseline"), "bench_baseline")
-    stats = section(StatsParams, params.get("statistics"), "statistics")
-    K, k, n_layers = model_sizes(spec)
-    profile = load_profile(profile_path, num_experts=K)
-    layers = sorted(set(profile["layer"].to_list()))
-    if n_layers and max(layers) >= n_layers:
-        raise RoutelabError(
-            f"{profile_path}: layers {layers} but model {model} has {n_layers} decoder layers: a profile "
-            "of another model; re-run the `profile` stage for this model"
-        )
-    return StageInputs(model, spec, bench, stats, params, profile, K, k)
-
-
-def run_and_compare(
-    lm: LoadedModel,
-    conditions: Sequence[Condition],
-    suite: Suite,
-    stats: StatsParams,
-    *,
-    out_dir: str | Path | None = None,
-    label: str = "conditions",
-    groups: bool = True,
-    metrics: Mapping[str, Sequence[str]] | None = None,
-) -> tuple[dict[str, dict[str, pl.DataFrame]], list[Comparison]]:
-    """Score ``conditions`` in one pass, write their per-item tables, compare with the baseline.
-
-    Draws of a random condition (same ``group``) are also compared as their per-item average
-    (``<group>``), the paper's "averaged over draws". BH runs across the whole family.
-    """
-    rows = score_conditions(lm, conditions, suite, label=label)
-    if groups:
-        by_group: dict[str, list[str]] = {}
-        for c in conditions:
-            if c.group:
-                by_group.setdefault(c.group, []).append(c.name)
-        for g, names in by_group.items():
-            rows[g] = {b: average_draws([rows[n][b] for n in names]) for b in suite.benches}
-    if out_dir is not None:
-        write_condition_tables(out_dir, rows, suite.split)
-    comps = compare_all(suite, rows, metrics=metrics, seed=stats.seed, n_permutations=stats.n_permutations,
-                        n_bootstrap=stats.n_bootstrap, alpha=stats.alpha)  # fmt: skip
-    return rows, comps
-
-
-def headline_table(comparisons: Sequence[Comparison]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{condition: {"<benchmark>.<metric>": {before, after, delta, p_bh}}} of each benchmark's summary
-    metric: the few numbers `dvc metrics diff` shows (every metric is in <out>/comparisons.json)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for c in comparisons:
-        if c.metric != get_benchmark(c.benchmark).summary:
-            continue
-        out.setdefault(c.condition, {})[f"{c.benchmark}.{c.metric}"] = {
-            "before": c.before, "after": c.after, "delta": c.delta, "p_bh": c.p_bh,
-        }  # fmt: skip
-    return out
-
-
-def write_stage_outputs(result: dict[str, Any], metrics_path: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Write a stage's metrics (without its full comparison records) and <out>/comparisons.json
-    (every comparison record: condition, benchmark, metric, before, after, Δ, p, p_BH, CI, effect,
-    n, seed); returns the records."""
-    records = result.pop("comparisons")
-    write_json(Path(out_dir) / "comparisons.json", records)
-    write_json(metrics_path, result)
-    return records
-
-
-def delta_line(result: Mapping[str, Any], conditions: Sequence[str]) -> str:
-    """A summary line: Δ of each condition's summary metric per benchmark, with BH-adjusted p."""
-    parts = []
-    for name in conditions:
-        res = result["results"].get(name)
-        if not res:
-            continue
-        bits = [f"{k} {v['delta']:+.3f} (p_BH {v['p_bh']:.2g})" for k, v in res.items()]
-        parts.append(f"{name}: " + ", ".join(bits))
-    return "; ".join(parts)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    cfg = section(BenchParams, params["bench_baseline"], "bench_baseline")
+    cfg = section(BenchBaselineParams, params["bench_baseline"], "bench_baseline")
     items = load_benchmarks(cfg, spec)            # every input read before any model loads
     results = evaluate(load_model(spec), cfg, items, out_dir, splits_dir, write_splits=True)
 
@@ -31,7 +31,7 @@ SPLITS = ("validation", "test")
 
 
 @dataclass
-class BenchParams:
+class BenchBaselineParams:
     """The ``bench_baseline`` section of params.yaml."""
 
     benchmarks: list[str] = field(default_factory=lambda: ["crows_pairs", "truthfulqa", "perplexity"])
@@ -65,7 +65,7 @@ class BenchParams:
             raise RoutelabError(f"bench_baseline.val_fraction must be in (0, 1), found {self.val_fraction}")
 
 
-def load_benchmarks(cfg: BenchParams, spec: ModelSpec) -> dict[str, list[Item]]:
+def load_benchmarks(cfg: BenchBaselineParams, spec: ModelSpec) -> dict[str, list[Item]]:
     """Items of every enabled benchmark, from the model's own files (``models.<name>.benchmarks``,
     when ``model_sets``), ``bench_baseline.paths``, the default local copy or the Hub.
 
@@ -93,7 +93,7 @@ def item_table_path(out_dir: str | Path, name: str, part: str) -> Path:
     return Path(out_dir) / f"{name}_{part}.parquet"
 
 
-def _split(cfg: BenchParams, name: str, items: list[Item], splits_dir: str | Path, write: bool) -> dict[str, Any]:
+def _split(cfg: BenchBaselineParams, name: str, items: list[Item], splits_dir: str | Path, write: bool) -> dict[str, Any]:
     split_file = Path(splits_dir) / f"{name}.json"
     if write:
         split = split_benchmark(get_benchmark(name), items, cfg.seed, cfg.val_fraction)
@@ -112,7 +112,7 @@ def _split(cfg: BenchParams, name: str, items: list[Item], splits_dir: str | Pat
 
 def evaluate(
     lm: LoadedModel,
-    cfg: BenchParams,
+    cfg: BenchBaselineParams,
     items: dict[str, list[Item]],
     out_dir: str | Path,
     splits_dir: str | Path,
