@@ -164,7 +164,7 @@ def check_max_logits_bytes(value: Any, setting: str = "max_logits_bytes") -> int
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise RoutelabError(
-            f"{setting} {value!r}: must be a whole number of bytes > 0, the most memory the scorer's logits "
+            f"{setting} {value}: must be a whole number of bytes > 0, the most memory the scorer's logits "
             f"may take at once (default {DEFAULT_MAX_LOGITS_BYTES} = 256 MiB)"
         )
     return value
