@@ -44,8 +44,9 @@ def test_score_conditions_passes_the_budget_and_token_level(lm, fork):
     rows = {}
     for budget in (2 * LOGIT_BYTES * V, 256 * 2**20):  # chunks of 2 positions, then one chunk per batch
         suite = Suite("test", {"perplexity": (bench, items)}, {}, max_length=8, max_logits_bytes=budget)
-        seen = []
-        hook = lm.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.shape[:-1].numel()))
+        seen = []  # rows of each head call
+        head = lm.model.get_output_embeddings()
+        hook = head.register_forward_hook(lambda m, a, out: seen.append(out.shape[:-1].numel()))
         try:
             rows[budget] = score_conditions(lm, conditions, suite, progress=False, fork=fork)
         finally:

@@ -250,7 +250,11 @@ def olmoe_of_testbed_size(seed: int = 0) -> torch.nn.Module:
 def random_requests(n: int, vocab: int, ctx: tuple[int, int], cont: tuple[int, int], seed: int = 0):
     """``n`` token requests with context and continuation lengths drawn from the given ranges."""
     gen = torch.Generator().manual_seed(seed)
-    draw = lambda lo, hi: torch.randint(1, vocab, (int(torch.randint(lo, hi + 1, (1,), generator=gen)),), generator=gen).tolist()  # noqa: E731
+
+    def draw(lo: int, hi: int) -> list[int]:
+        length = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        return torch.randint(1, vocab, (length,), generator=gen).tolist()
+
     return [(draw(*ctx), draw(*cont)) for _ in range(n)]
 
 

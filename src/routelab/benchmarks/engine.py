@@ -136,8 +136,8 @@ def item_lls(
         )
     reqs = [bench.requests(it) for it in items]
     flat = [r for rs in reqs for r in rs]
-    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress, description=description or bench.name,
-                  max_logits_bytes=max_logits_bytes,
+    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress,
+                  description=description or bench.name, max_logits_bytes=max_logits_bytes,
                   token_level=bench.token_level if token_level is None else token_level)  # fmt: skip
     if bench.output == "rolling":
         scored = rolling_loglikelihood(model, tokenizer, flat, **kwargs)
