@@ -387,7 +387,8 @@ def test_token_level_scores(lm):
 @pytest.mark.parametrize("bad", [0, -5, "lots", 1.5, True, None, 100])
 def test_a_bad_budget_is_one_error_naming_the_setting(lm, bad):
     model, tok = lm
-    with pytest.raises(RoutelabError, match=r"^max_logits_bytes .*(whole number of bytes|at least)"):
+    with pytest.raises(RoutelabError, match=r"^max_logits_bytes .*(whole number of bytes|bench_baseline\.max_logits_bytes"
+                                            r" \(routelab bench: --max-logits-bytes\) to at least 3072)"):
         score(model, tok, REQUESTS[:1], progress=False, max_logits_bytes=bad)
 
 

@@ -206,8 +206,9 @@ def _logits_budget(head: Any, max_logits_bytes: Any) -> int:
     V = _vocab_size(head)
     if V is not None and budget < LOGIT_BYTES * V:
         raise RoutelabError(
-            f"max_logits_bytes {budget}: below one scored position's logits ({V} vocabulary entries × "
-            f"{LOGIT_BYTES} B = {LOGIT_BYTES * V} B); raise it to at least that (default {DEFAULT_MAX_LOGITS_BYTES})"
+            f"max_logits_bytes {budget} is below one scored position's logits ({V} vocabulary entries × "
+            f"{LOGIT_BYTES} B): raise bench_baseline.max_logits_bytes (routelab bench: --max-logits-bytes) to at "
+            f"least {LOGIT_BYTES * V} (default {DEFAULT_MAX_LOGITS_BYTES})"
         )
     return budget
 
