@@ -6,6 +6,7 @@ Run: .venv/bin/pytest tests/test_benchmarks_engine.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -169,6 +170,21 @@ def test_run_perplexity(lm, tmp_path):
     _same_from_rows(ppl, metrics, frame)
 
 
+def test_a_token_level_benchmark_gets_per_token_lls(lm):
+    """Benchmark.token_level: the engine's LLs carry each continuation token's log p and id (a rolling
+    text's windows joined in order); other benchmarks get none."""
+    model, tok = lm
+    text = "the doctor examined the patient"
+    items = [{"id": "0", "text": text}]
+    ppl = get_benchmark("perplexity")
+    assert not ppl.token_level
+    ((plain,),) = B.item_lls(model, tok, ppl, items, max_length=8, progress=False)
+    assert plain.tokens is None and plain.token_logprobs is None
+    ((ll,),) = B.item_lls(model, tok, dataclasses.replace(ppl, token_level=True), items, max_length=8, progress=False)
+    assert ll.tokens == tuple(tok(text, add_special_tokens=False)["input_ids"])  # 4 windows of 8, joined
+    assert sum(ll.token_logprobs) == pytest.approx(ll.logprob, abs=1e-5) and ll.logprob == plain.logprob
+
+
 # --------------------------------------------------------------------------------------------
 # The bench_baseline params section (routelab.bench_baseline.BenchBaselineParams) reads the entries
 # --------------------------------------------------------------------------------------------
@@ -184,3 +200,9 @@ def test_params_section_is_checked_against_the_entries():
         BenchBaselineParams(options={"stereoset": {"task": ["intrasentence"]}})
     with pytest.raises(RoutelabError, match="bold is a generation benchmark"):
         BenchBaselineParams(benchmarks=["bold"])
+    assert cfg.max_logits_bytes == 256 * 2**20  # params.yaml spells out the scorer's default
+    for bad in (0, -1):
+        with pytest.raises(RoutelabError, match=rf"^bench_baseline\.max_logits_bytes {bad}: must be a whole number"):
+            BenchBaselineParams(max_logits_bytes=bad)
+    with pytest.raises(RoutelabError, match=r"bench_baseline\.max_logits_bytes: expected int, found '256MB'"):
+        section(BenchBaselineParams, {"max_logits_bytes": "256MB"}, "bench_baseline")

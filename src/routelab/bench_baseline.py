@@ -26,6 +26,7 @@ from routelab.benchmarks.engine import check_options
 from routelab.errors import RoutelabError
 from routelab.io import write_json, write_parquet
 from routelab.models import LoadedModel, ModelSpec
+from routelab.scoring import DEFAULT_MAX_LOGITS_BYTES, check_max_logits_bytes
 
 SPLITS = ("validation", "test")
 
@@ -41,6 +42,7 @@ class BenchBaselineParams:
     primer: str | None = None  # few-shot primer (TruthfulQA); a model's own `primer` wins
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # loader options per benchmark
     max_length: int | None = None  # longest input in tokens; null = the model's limit
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES  # most memory the scorer's logits take at once (routelab.scoring)
     seed: int = 0  # split and bootstrap seed (recorded in every output)
     val_fraction: float = 0.5  # share of each stratum in the validation split (AALS, λ*)
     n_bootstrap: int = 1000  # bootstrap resamples for the 95 % CIs
@@ -61,6 +63,7 @@ class BenchBaselineParams:
                 )
         for name, opts in self.options.items():
             check_options(get_benchmark(name), opts or {})
+        check_max_logits_bytes(self.max_logits_bytes, "bench_baseline.max_logits_bytes")
         if not 0 < self.val_fraction < 1:
             raise RoutelabError(f"bench_baseline.val_fraction must be in (0, 1), found {self.val_fraction}")
 
@@ -133,7 +136,7 @@ def evaluate(
             metrics, rows = run_benchmark(
                 lm.model, lm.tokenizer, get_benchmark(name), items=bench_items, split_ids=split[part],
                 batch_size=lm.spec.batch_size, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap, max_length=cfg.max_length,
-                description=f"{name}[{part}]",
+                description=f"{name}[{part}]", max_logits_bytes=cfg.max_logits_bytes,
             )
             write_parquet(rows, item_table_path(out_dir, name, part))
             results[name][part] = metrics

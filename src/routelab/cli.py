@@ -3,7 +3,7 @@
     routelab extract --model <hub-id-or-dir> --prompts <txt-or-parquet> --out <file.parquet>
                      [--profile <profile.parquet> --lam <λ>] [--max-length N]
     routelab bench --model <hub-id-or-dir> --benchmark <name> [--data <path>] --out <metrics.json>
-                   [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>]
+                   [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>] [--max-logits-bytes N]
 
 Every input and output is checked before a model loads. Exit codes: 0 done; 2 bad input (one
 line on stderr naming the input and what to do); 130 interrupted (one line saying what was kept).
@@ -136,7 +136,9 @@ def cmd_bench(args) -> None:
     from routelab.benchmarks.base import source_label
     from routelab.models import load_model
     from routelab.routing import RoutingEdit, attach
+    from routelab.scoring import check_max_logits_bytes
 
+    budget = check_max_logits_bytes(args.max_logits_bytes, "--max-logits-bytes")
     bench = get_benchmark(args.benchmark)  # unknown name → "Did you mean …" before loading a model
     if not bench.scored:
         raise RoutelabError(f"--benchmark {bench.name} is a {bench.output} benchmark, not scored by log-likelihood yet")
@@ -148,7 +150,7 @@ def cmd_bench(args) -> None:
     _check_profile_fits(args, lm)
     with attach(lm, edit=edit):
         metrics, rows = run_benchmark(lm.model, lm.tokenizer, bench, items=items, batch_size=args.batch_size,
-                                      seed=args.seed)
+                                      seed=args.seed, max_logits_bytes=budget)
     metrics["source"] = source_label(source)
     metrics["model"] = args.model
     metrics["edit"] = edit.description if edit else None
@@ -209,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", default=None, help="per-item .parquet (one row per item: its LLs and scores)")
     _arr_args(p, "score")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    # A string, checked by routelab.scoring (default there: 268435456 = 256 MiB), so that a bad value is
+    # one RoutelabError naming the flag; the constant is spelled out here to keep torch out of --help.
+    p.add_argument("--max-logits-bytes", default="268435456", metavar="N",
+                   help="most memory the scorer's logits take at once, in bytes (268435456 = 256 MiB); "
+                        "scores do not depend on it beyond float rounding, peak memory does")
     p.set_defaults(func=cmd_bench)
     return parser
 

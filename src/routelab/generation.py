@@ -17,7 +17,9 @@ conditions), the edit active at prefill and at every decoding step:
     └─────────────────────┘
 
 Positions follow the real tokens (position_ids = cumsum(mask) − 1), so a left-padded row
-decodes exactly as it would alone. Sampling is seeded per (prompt, sample): row (p, c, s) draws
+decodes exactly as it would alone. Only the last position's hidden state goes through the output
+head, at prefill and at every step (what ``logits_to_keep=1`` does in transformers' generate, for
+every family, including remote code that ignores it): logits are (B, V), never (B, T, V). Sampling is seeded per (prompt, sample): row (p, c, s) draws
 from a generator seeded with (seed, p, s), so the baseline and every condition share their
 random numbers (common random numbers: paired comparisons see only the condition's effect).
 A family whose remote code has no working KV cache (``adapter.kv_cache = False``: DeepSeekMoE
@@ -45,6 +47,7 @@ from routelab.errors import RoutelabError
 from routelab.interventions import Suite, compare_suite, records, results_table, write_condition_tables
 from routelab.progress import progress
 from routelab.routing import RoutingEdit, attach
+from routelab.scoring import decoder_and_head
 
 
 @dataclass
@@ -115,6 +118,7 @@ def _decode_batch(
     kv_cache: bool,
 ) -> tuple[list[list[int]], list[bool]]:
     """Greedy/sampled decoding of one batch of token-id prompts; returns (new ids, stopped)."""
+    body, head = decoder_and_head(model)  # the head runs on the last position only (module docstring)
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos = tok.eos_token_id
@@ -133,12 +137,13 @@ def _decode_batch(
         for step in range(params.max_new_tokens):
             pos = (step_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T') positions of the real tokens
             if kv_cache and past is not None:
-                res = model(input_ids=step_ids[:, -1:], attention_mask=step_mask, position_ids=pos[:, -1:],
-                            past_key_values=past, use_cache=True)  # fmt: skip
+                res = body(input_ids=step_ids[:, -1:], attention_mask=step_mask, position_ids=pos[:, -1:],
+                           past_key_values=past, use_cache=True)  # fmt: skip
             else:
-                res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, use_cache=kv_cache)
+                res = body(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, use_cache=kv_cache)
             past = res.past_key_values if kv_cache else None
-            nxt = _next_tokens(res.logits[:, -1, :], params, gens)  # (B,)
+            logits = head(res.last_hidden_state[:, -1, :])  # (B, V): the last position's logits, never (B, T', V)
+            nxt = _next_tokens(logits, params, gens)  # (B,)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             for b in range(B):
                 if not done[b]:

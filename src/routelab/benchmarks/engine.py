@@ -42,7 +42,7 @@ from routelab.benchmarks.base import (
 )
 from routelab.benchmarks.splits import select_items
 from routelab.errors import RoutelabError
-from routelab.scoring import LL, rolling_loglikelihood, score
+from routelab.scoring import DEFAULT_MAX_LOGITS_BYTES, LL, rolling_loglikelihood, score
 from routelab.statistics import CONFIDENCE, N_BOOTSTRAP, bootstrap_ci
 
 Metrics = dict[str, Any]
@@ -120,8 +120,15 @@ def item_lls(
     max_length: int | None = None,
     progress: bool = True,
     description: str | None = None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    token_level: bool | None = None,
 ) -> list[list[LL]]:
-    """One LL per request of every item (``lls[i][k]``: request ``k`` of item ``i``)."""
+    """One LL per request of every item (``lls[i][k]``: request ``k`` of item ``i``).
+
+    Usage: ``lls = item_lls(model, tokenizer, get_benchmark("truthfulqa"), items, batch_size=8)``.
+    ``token_level`` (default: the benchmark's ``token_level``) adds per-token log-probabilities
+    and ids to each LL; ``max_logits_bytes``: see routelab.scoring.score_tokens.
+    """
     if not bench.scored or bench.requests is None:
         raise RoutelabError(
             f"{bench.name} is a {bench.output} benchmark: routelab scores it by log-likelihood only "
@@ -129,7 +136,9 @@ def item_lls(
         )
     reqs = [bench.requests(it) for it in items]
     flat = [r for rs in reqs for r in rs]
-    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress, description=description or bench.name)
+    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress,
+                  description=description or bench.name, max_logits_bytes=max_logits_bytes,
+                  token_level=bench.token_level if token_level is None else token_level)  # fmt: skip
     if bench.output == "rolling":
         scored = rolling_loglikelihood(model, tokenizer, flat, **kwargs)
     else:
@@ -349,12 +358,13 @@ def run_benchmark(
     progress: bool = True,
     items: Sequence[Item] | None = None,
     description: str | None = None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
     **load_options: Any,
 ) -> tuple[Metrics, pl.DataFrame]:
     """Score one benchmark on a loaded model; return (metrics, the per-item table).
 
     ``split_ids`` restricts to those item ids (a split from routelab.benchmarks.splits).
-    ``items`` skips loading. Metrics hold :func:`metrics_from_rows`, ``ci95`` (bootstrap 95 %
+    ``items`` skips loading. ``max_logits_bytes``: see routelab.scoring.score_tokens. Metrics hold :func:`metrics_from_rows`, ``ci95`` (bootstrap 95 %
     CIs, ``n_bootstrap`` resamples seeded with ``seed``), ``bootstrap``, ``seed``,
     ``benchmark``, ``n_items`` and ``source``.
     """
@@ -369,7 +379,7 @@ def run_benchmark(
     if not items:
         raise RoutelabError(f"{bench.name}: no items to score (empty data or empty split)")
     lls = item_lls(model, tokenizer, bench, items, batch_size=batch_size, max_length=max_length, progress=progress,
-                   description=description)
+                   description=description, max_logits_bytes=max_logits_bytes)
     rows = item_rows(bench, items, lls)
     metrics = metrics_from_rows(bench, rows)
     metrics["ci95"] = bootstrap_cis(bench, rows, seed=seed, n_bootstrap=n_bootstrap)

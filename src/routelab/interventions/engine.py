@@ -37,7 +37,16 @@ from routelab.errors import RoutelabError
 from routelab.io import write_parquet
 from routelab.models import LoadedModel, ModelSpec
 from routelab.routing import LayerFork, attach
-from routelab.scoring import LL, encode_pair, prefix_token_id, rolling_windows, score_tokens, score_tokens_forked
+from routelab.scoring import (
+    DEFAULT_MAX_LOGITS_BYTES,
+    LL,
+    encode_pair,
+    joined_tokens,
+    prefix_token_id,
+    rolling_windows,
+    score_tokens,
+    score_tokens_forked,
+)
 from routelab.tables import ITEM_KEY, load_item_results
 
 
@@ -49,6 +58,7 @@ class Suite:
     benches: dict[str, tuple[Benchmark, list[Item]]]  # name -> (entry, the split's items)
     baseline: dict[str, pl.DataFrame]  # name -> per-item rows of the unedited model (bench_baseline)
     max_length: int | None = None
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES  # bench_baseline.max_logits_bytes
 
 
 def load_suite(
@@ -86,7 +96,7 @@ def load_suite(
                 f"of {name}: re-run `bench_baseline`"
             )
         baseline[name] = base
-    return Suite(split, benches, baseline, cfg.max_length)
+    return Suite(split, benches, baseline, cfg.max_length, cfg.max_logits_bytes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +145,8 @@ def _regroup(bench: Benchmark, items: Sequence[Item], lls: list[LL], owner: list
         per[i].append(ll)
     if bench.output != "rolling":
         return per
-    return [[LL(sum(x.logprob for x in w), sum(x.n_tokens for x in w), all(x.greedy for x in w))] for w in per]
+    return [[LL(sum(x.logprob for x in w), sum(x.n_tokens for x in w), all(x.greedy for x in w), *joined_tokens(w))]
+            for w in per]
 
 
 def score_conditions(
@@ -146,12 +157,15 @@ def score_conditions(
     progress: bool = True,
     label: str = "conditions",
     fork: bool = True,
+    token_level: bool | None = None,
 ) -> dict[str, dict[str, pl.DataFrame]]:
     """Per-item rows of every condition on every benchmark of the suite, in one pass per benchmark.
 
     With ``fork`` (and a family that allows it, and no prompt prefix among the conditions) the
     layers before each condition's first edited layer are computed once per batch; otherwise
     each condition's replica of a request is its own batch row. Both give the same scores.
+    ``token_level`` (default: each benchmark's ``token_level``) gives ``bench.per_item`` LLs with
+    per-token log-probabilities and ids; the logits budget is ``suite.max_logits_bytes``.
     Returns {condition name: {benchmark: rows}} (rows as ``bench.per_item`` makes them).
     """
     names = [c.name for c in conditions]
@@ -166,6 +180,8 @@ def score_conditions(
         for name, (bench, items) in suite.benches.items():
             cache: dict = {}
             desc = f"{label} {name} ({len(conditions)} conditions)"
+            memory = dict(max_logits_bytes=suite.max_logits_bytes,
+                          token_level=bench.token_level if token_level is None else token_level)
             if fork:
                 # Every condition scores the same requests: one forward per batch computes the
                 # layers before each condition's first edited layer once (routing.LayerFork).
@@ -176,7 +192,7 @@ def score_conditions(
                 lls = score_tokens_forked(
                     lm.model, reqs, LayerFork(lm.model, session, firsts), len(conditions), batch_size=B,
                     max_length=max_length, pad_token_id=lm.tokenizer.pad_token_id or 0, progress=progress,
-                    description=desc, token_level=bench.token_level,
+                    description=desc, **memory,
                 )  # fmt: skip
                 for ci, cond in enumerate(conditions):
                     per = [x[ci] for x in lls]
@@ -192,7 +208,7 @@ def score_conditions(
             lls = score_tokens(
                 lm.model, flat, batch_size=lm.spec.batch_size, max_length=max_length,
                 pad_token_id=lm.tokenizer.pad_token_id or 0, progress=progress,
-                description=desc, row_conditions=row_cond, session=session, token_level=bench.token_level,
+                description=desc, row_conditions=row_cond, session=session, **memory,
             )  # fmt: skip
             for ci, cond in enumerate(conditions):
                 a, b = spans[ci]
