@@ -28,7 +28,9 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not pre
 
 
 def L(logprob: float, n: int = 1) -> LL:
-    return LL(logprob, n, False)
+    """An LL of ``n`` tokens (ids 0..n-1, equal shares of ``logprob``): token-level, as the CrowS
+    decomposition needs; two such sentences of one length share every token (nothing after a difference)."""
+    return LL(logprob, n, False, tuple([logprob / n] * n), tuple(range(n)))
 
 
 class FakeHub:

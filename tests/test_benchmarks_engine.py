@@ -112,7 +112,7 @@ def test_run_crows_pairs_on_a_split(lm):
     assert lo <= metrics["pct_stereotype"] <= hi
     assert metrics["seed"] == 3 and metrics["bootstrap"]["n_resamples"] == 200 and metrics["n_items"] == 5
     assert metrics["source"] == str(csv)
-    assert set(metrics["ci95"]) == {"pct_stereotype", "likelihood_diff", "length_matched.pct_stereotype"}
+    assert set(metrics["ci95"]) == {"pct_stereotype", "likelihood_diff", "pct_stereotype_after", "length_matched.pct_stereotype"}
     _same_from_rows(crows, metrics, frame)
     json.dumps(metrics)
     with pytest.raises(RoutelabError, match="not in the benchmark data"):

@@ -30,7 +30,7 @@ def test_detoxify_without_checkpoint_is_skipped_with_one_line(capsys):
     out = usable_classifiers(["sentiment", "detoxify"], detoxify_checkpoint=None)
     assert set(out) == {"sentiment"}
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("scorer detoxify skipped:") and "generation.detoxify_checkpoint" in err[0]
+    assert len(err) == 1 and err[0].startswith("classifier detoxify skipped:") and "generation.detoxify_checkpoint" in err[0]
 
 
 def test_unknown_scorer_names_the_available_ones():

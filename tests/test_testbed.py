@@ -30,9 +30,11 @@ def test_corpora_read_their_own_strength_key_and_variants_name_a_corpus() -> Non
     assert set(tb.CORPORA.values()) <= fields  # every strength key is a params key
     assert {v: (s.corpus, s.recipe) for v, s in tb.VARIANTS.items()} == {
         "control": ("balanced", "scratch"), "diffuse": ("stereotyped", "scratch"),
-        "routed": ("stereotyped", "plant"), "routed_null": ("balanced", "plant"),
+        "routed": ("stereotyped", "designated"), "routed_null": ("balanced", "designated"),
+        "nonrouted": ("stereotyped", "outside"),
     }  # fmt: skip
-    assert tb.variant("routed_null", "plant") == tb.Variant("balanced", "plant")
+    assert tb.variant("routed_null", "testbed_plant") == tb.Variant("balanced", "designated")
+    assert tb.variant("nonrouted", "testbed_plant") == tb.Variant("stereotyped", "outside")
 
 
 def test_bad_input_errors_name_the_input() -> None:
@@ -40,7 +42,7 @@ def test_bad_input_errors_name_the_input() -> None:
     with pytest.raises(RoutelabError, match="unknown corpus 'biased'. Available: stereotyped, balanced"):
         tb.strength_for(cfg, "biased")
     with pytest.raises(RoutelabError, match="--variant routed: stage testbed_train trains the variants control, diffuse"):
-        tb.variant("routed", "scratch")
+        tb.variant("routed", "testbed_train")
     cfg.strength = 1.5
     with pytest.raises(RoutelabError, match=r"testbed.strength = 1.5 is outside \[0, 1\]"):
         tb.strength_for(cfg, "stereotyped")

@@ -149,7 +149,9 @@ def _test_conditions(run: Run, sweeps: dict[str, dict[str, Any]]) -> list[Condit
                 out.append(replace(build("arr", ctx, lam=lam_fsp), name="fsp"))
         elif kind == "prompt_prefix":
             out.append(build("prompt_prefix", ctx, text=cfg.prompt_prefix))
-        elif kind in sweeps and sweeps[kind]["lambda_star"] == 0:
+        elif kind not in sweeps:  # skipped before the sweep (no layer, or no selected expert in them)
+            continue
+        elif sweeps[kind]["lambda_star"] == 0:
             run.skip(kind, f"its λ* = 0 ({sweeps[kind]['reason']})")
         elif kind == "safex":
             out.append(replace(build("selection", ctx, table=run.extra["safex"], lam=sweeps[kind]["lambda_star"],
