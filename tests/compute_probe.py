@@ -8,7 +8,7 @@ Run as a script (tests/test_compute.py runs it in subprocesses under different C
   OLMoE forward and backward, the router's aux loss, gradient clipping, fused AdamW) after a
   few steps on a tiny generated corpus;
 - ``score``: the log-likelihoods of the scorer (routelab.scoring) on the trained model;
-- ``numpy``: float64 exp/log/sum and an argsort with ties (numpy's SIMD loops);
+- ``numpy``: float64 exp/log/sum, a sort and a stable argsort with ties (numpy's SIMD loops);
 - ``arrow``: an Arrow float sum and mean (pyarrow compute kernels).
 """
 
@@ -56,9 +56,9 @@ def probe() -> dict[str, str]:
     lls = score(model, tok, [("", t) for t in texts], batch_size=8, progress=False)
     scores = _digest(np.array([x.logprob for x in lls], dtype=np.float64).tobytes() for _ in [0])
     x = np.random.default_rng(0).normal(size=4099)  # (N,) an odd length exercises the loops' tails
-    keys = np.round(x, 1)  # many ties: an unstable argsort may order them differently per kernel
+    keys = np.round(x, 1)  # many ties
     numbers = _digest([np.exp(x).tobytes(), np.log(np.abs(x) + 1).tobytes(), np.float64(x.sum()).tobytes(),
-                       np.argsort(keys).tobytes()])  # fmt: skip
+                       np.sort(keys).tobytes(), np.argsort(keys, kind="stable").tobytes()])  # fmt: skip
     arr = pa.array(x)
     arrow = _digest([pc.sum(arr).as_py().hex().encode(), pc.mean(arr).as_py().hex().encode()])
     return {"capability": torch.backends.cpu.get_cpu_capability(), "train": weights, "score": scores,

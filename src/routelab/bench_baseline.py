@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from routelab.benchmarks import get_benchmark, load_items, run_benchmark, split_benchmark
 from routelab.benchmarks.base import Item
 from routelab.benchmarks.engine import check_options
@@ -46,6 +48,7 @@ class BenchBaselineParams:
     seed: int = 0  # split and bootstrap seed (recorded in every output)
     val_fraction: float = 0.5  # share of each stratum in the validation split (AALS, λ*)
     n_bootstrap: int = 1000  # bootstrap resamples for the 95 % CIs
+    limit: dict[str, int] = field(default_factory=dict)  # benchmark -> at most this many items per split (a smoke run)
 
     def __post_init__(self) -> None:
         for key, names in (("benchmarks", self.benchmarks), ("paths", self.paths), ("options", self.options)):
@@ -66,6 +69,10 @@ class BenchBaselineParams:
         check_max_logits_bytes(self.max_logits_bytes, "bench_baseline.max_logits_bytes")
         if not 0 < self.val_fraction < 1:
             raise RoutelabError(f"bench_baseline.val_fraction must be in (0, 1), found {self.val_fraction}")
+        for name, n in self.limit.items():
+            get_benchmark(name)
+            if n < 1:
+                raise RoutelabError(f"bench_baseline.limit.{name} = {n}: give at least 1 item per split, or remove the key")
 
 
 def load_benchmarks(cfg: BenchBaselineParams, spec: ModelSpec) -> dict[str, list[Item]]:
@@ -100,6 +107,13 @@ def _split(cfg: BenchBaselineParams, name: str, items: list[Item], splits_dir: s
     split_file = Path(splits_dir) / f"{name}.json"
     if write:
         split = split_benchmark(get_benchmark(name), items, cfg.seed, cfg.val_fraction)
+        if name in cfg.limit:  # a smoke run: a seeded sample of each split (every later stage reads these files)
+            rng = np.random.default_rng([cfg.seed, 99])
+            for part in SPLITS:
+                ids = split[part]
+                if len(ids) > cfg.limit[name]:
+                    split[part] = sorted(rng.choice(ids, cfg.limit[name], replace=False).tolist())
+            split["limit"] = cfg.limit[name]
         write_json(split_file, split)
         return split
     if not split_file.exists():

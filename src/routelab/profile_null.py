@@ -90,7 +90,7 @@ class ContextLayout:
         """(b, C, S) τ: a uniform permutation of each context's real slots (padding stays last)."""
         keys = rng.random((b, *self.members.shape))  # (b, C, S)
         keys[:, ~self.valid] = 2.0  # padding sorts after every real slot
-        return np.argsort(keys, axis=-1)
+        return np.argsort(keys, axis=-1, kind="stable")  # stable: one order for the tied padding on every CPU
 
     def identity(self) -> np.ndarray:
         """(1, C, S) τ of the observed labelling."""
