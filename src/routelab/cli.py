@@ -4,6 +4,7 @@
                      [--profile <profile.parquet> --lam <λ>] [--max-length N]
     routelab bench --model <hub-id-or-dir> --benchmark <name> [--data <path>] --out <metrics.json>
                    [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>] [--max-logits-bytes N]
+    routelab check-params [--params params.yaml] [--fast]
 
 Every input and output is checked before a model loads. Exit codes: 0 done; 2 bad input (one
 line on stderr naming the input and what to do); 130 interrupted (one line saying what was kept).
@@ -124,6 +125,17 @@ def cmd_extract(args) -> None:
           f"→ {args.out} ({summary['bytes'] / 1e6:.2f} MB, {summary['seconds']:.1f} s){truncated}")
 
 
+def cmd_check_params(args) -> None:
+    from routelab.params import check_params
+
+    problems = check_params(args.params, fast=True) or check_params(args.params, fast=args.fast)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        sys.exit(EXIT_BAD_INPUT)
+    print(f"{args.params}: every section and key is valid" + (" (keys only: --fast)" if args.fast else ""))
+
+
 def cmd_bench(args) -> None:
     _check_arr_args(args)
     check_writable(args.out, "--out")
@@ -217,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most memory the scorer's logits take at once, in bytes (268435456 = 256 MiB); "
                         "scores do not depend on it beyond float rounding, peak memory does")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "check-params", formatter_class=HelpFormatter,
+        help="check every section and key of params.yaml, as the first DVC stage does",
+        description="Check params.yaml against the dataclass of each section (an unknown key is named with\n"
+                    "the nearest known one), pipeline.models against models:, then each section's own checks\n"
+                    "(ranges, λ grid, benchmark names) and masking.n against models on disk. One problem per line.",
+        epilog="example:\n  routelab check-params\n  routelab check-params --params my_params.yaml --fast",
+    )
+    p.add_argument("--params", default="params.yaml", help="the params file")
+    p.add_argument("--fast", action="store_true", help="keys and names only (no library import: well under a second)")
+    p.set_defaults(func=cmd_check_params)
     return parser
 
 
