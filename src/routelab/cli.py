@@ -5,6 +5,7 @@
     routelab bench --model <hub-id-or-dir> --benchmark <name> [--data <path>] --out <metrics.json>
                    [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>] [--max-logits-bytes N]
     routelab check-params [--params params.yaml] [--fast]
+    routelab seeds [--models …] [--out docs/seeds.md]
 
 Every input and output is checked before a model loads. Exit codes: 0 done; 2 bad input (one
 line on stderr naming the input and what to do); 130 interrupted (one line saying what was kept).
@@ -136,6 +137,18 @@ def cmd_check_params(args) -> None:
     print(f"{args.params}: every section and key is valid" + (" (keys only: --fast)" if args.fast else ""))
 
 
+def cmd_seeds(args) -> None:
+    import yaml
+
+    from routelab.seeds import write_summary
+
+    models = args.models or (yaml.safe_load(Path(args.params).read_text()).get("pipeline") or {}).get("models") or []
+    data = write_summary(".", models, args.out)
+    held = sum(v["held"] for m in data["verdicts"].values() for v in m.values())
+    total = sum(v["of"] for m in data["verdicts"].values() for v in m.values())
+    print(f"seeds {data['seeds']}: {held}/{total} verdicts held → {args.out} (+ .json)")
+
+
 def cmd_bench(args) -> None:
     _check_arr_args(args)
     check_writable(args.out, "--out")
@@ -241,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="the params file")
     p.add_argument("--fast", action="store_true", help="keys and names only (no library import: well under a second)")
     p.set_defaults(func=cmd_check_params)
+
+    p = sub.add_parser(
+        "seeds", formatter_class=HelpFormatter,
+        help="summarise the testbed seeds run as DVC experiments: numbers mean ± sd, verdicts k/n",
+        description="Read the workspace (its testbed.seed) and every DVC experiment with another testbed.seed\n"
+                    "(dvc exp show), and write the headline numbers as mean ± sd and each ground-truth check\n"
+                    "as the number of seeds in which it held.",
+        epilog="example:\n  dvc exp run --queue -S 'testbed.seed=1,2,3,4' && dvc queue start -j 1\n"
+               "  routelab seeds --out docs/seeds.md",
+    )
+    p.add_argument("--params", default="params.yaml", help="the params file (its pipeline.models by default)")
+    p.add_argument("--models", nargs="*", default=None, help="models to summarise (default: pipeline.models)")
+    p.add_argument("--out", default="docs/seeds.md", help="Markdown table (and the same name with .json)")
+    p.set_defaults(func=cmd_seeds)
     return parser
 
 
