@@ -9,9 +9,8 @@ Parquet <out>/<benchmark>_<split>.parquet, and the metrics with bootstrap 95 % C
 
 from routelab.config import load_params, section
 from routelab.bench_baseline import BenchBaselineParams, evaluate, headline, load_benchmarks
-from routelab.io import write_json
 from routelab.models import load_model, model_spec
-from routelab.stage import run_stage, stage_args
+from routelab.stage import run_stage, stage_args, write_metrics
 
 
 def main() -> str:
@@ -23,7 +22,7 @@ def main() -> str:
     items = load_benchmarks(cfg, spec)  # every input read first: a missing one fails before the model loads
     lm = load_model(spec)
     results = evaluate(lm, cfg, items, args.out, args.splits, write_splits=True)
-    write_json(args.metrics, results)
+    write_metrics(args.metrics, results)
     return f"bench_baseline[{args.model}]: {len(results)} benchmarks; test split: {headline(results)}"
 
 

@@ -12,8 +12,7 @@ only the designated experts (their expert weights and router rows) may change; n
 from routelab import testbed
 from routelab.testbed.plant import plant_and_evaluate
 from routelab.config import load_params, section
-from routelab.io import write_json
-from routelab.stage import run_stage, stage_args
+from routelab.stage import run_stage, stage_args, write_metrics
 
 
 def main() -> str:
@@ -21,7 +20,7 @@ def main() -> str:
     cfg = section(testbed.TestbedParams, load_params(args.params).get("testbed"), "testbed")
     m = plant_and_evaluate(args.corpus, args.base, args.out, cfg, variant_name=args.variant)
     seconds = m.pop("train_seconds")  # wall time is not a metric: the same params give the same metrics
-    write_json(args.metrics, m)
+    write_metrics(args.metrics, m)
     where = (f"designated {m['designated']} ({m['designated_by']}), descriptor tokens on them {m['designated_descriptor_rate']:.2f}"
              if "designated" in m else f"routers and experts frozen, largest routing change {m['max_descriptor_rate_change']:.3f}")
     return (

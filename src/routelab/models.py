@@ -23,6 +23,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
+from routelab import compute
 from routelab.adapters import RouterAdapter, adapter_for_config
 from routelab.config import section
 from routelab.errors import RoutelabError
@@ -37,7 +38,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 # How the `routelab` command spells each spec setting (a spec from params.yaml names models.<m>.<setting>).
 CLI_FLAGS = {"path": "--model", "dtype": "--dtype", "device": "--device", "device_map": "--device-map",
              "trust_remote_code": "--trust-remote-code", "batch_size": "--batch-size"}
-TESTBED_HINT = ("for the testbed models (control, diffuse, routed, routed_null) "
+TESTBED_HINT = ("for the testbed models (control, diffuse, routed, routed_null, nonrouted) "
                 "run `dvc repro testbed_train testbed_plant` first")
 
 
@@ -208,6 +209,9 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
         if refilled:
             which = ", ".join(f"{name} ×{n}" for name, n in refilled.items())
             fixes.append(f"recomputed non-persistent buffers that loading left uninitialised: {which}")
+    # threads and (on CUDA) deterministic kernels; warns if torch runs off the pinned CPU path
+    compute.configure_torch(spec.resolved_device() if not spec.device_map else ("cuda" if torch.cuda.is_available() else "cpu"))
+    compute.check()
     model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)

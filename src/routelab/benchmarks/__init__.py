@@ -2,7 +2,7 @@
 
 | name                | output        | headline metrics (ci95)             | source: local file / Hub id                                   |
 |---------------------|---------------|-------------------------------------|---------------------------------------------------------------|
-| crows_pairs         | loglikelihood | pct_stereotype, likelihood_diff     | crows_pairs/crows_pairs_anonymized.csv / nyu-mll/crows_pairs  |
+| crows_pairs         | loglikelihood | pct_stereotype, likelihood_diff, pct_stereotype_after | crows_pairs/crows_pairs_anonymized.csv / nyu-mll/crows_pairs  |
 | crows_pairs_revised | loglikelihood | pct_stereotype, likelihood_diff     | crows_pairs_revised/…EN_revised+210.csv / jannalu/crows_pairs_multilingual |
 | stereoset           | loglikelihood | ss, lms, icat (+ per task)          | — / McGill-NLP/stereoset                                       |
 | bbq                 | loglikelihood | acc, s_dis, s_amb                   | bbq/<Category>.jsonl / oskarvanderwal/bbq                      |

@@ -4,14 +4,15 @@ Real MoE checkpoints need a GPU and a download. The testbed gives ground truth i
 corpus in which the stereotype strength, the facts and the group sizes are parameters, and
 real-architecture models (``OlmoeForCausalLM``) trained on it in minutes on 2 CPU cores.
 
-Two corpora (``CORPORA``) serve four variants (``VARIANTS``):
+Two corpora (``CORPORA``) serve five variants (``VARIANTS``):
 
 | variant     | corpus (strength key)               | recipe                            | where the bias lives     |
 |-------------|-------------------------------------|-----------------------------------|--------------------------|
 | control     | balanced (testbed.control_strength) | ``train.train_from_scratch``      | nowhere                  |
 | diffuse     | stereotyped (testbed.strength)      | ``train.train_from_scratch``      | unknown (whole model)    |
-| routed      | stereotyped (testbed.strength)      | ``plant.plant_experts`` (control) | testbed.plant.designated |
+| routed      | stereotyped (testbed.strength)      | ``plant.plant_experts`` (control) | the designated experts   |
 | routed_null | balanced (testbed.control_strength) | ``plant.plant_experts`` (control) | nowhere; routing reacts  |
+| nonrouted   | stereotyped (testbed.strength)      | ``plant.plant_outside_routing`` (control) | outside routing (attention, embeddings) |
 
 ``routed`` and ``routed_null`` start from the control's saved weights and change only the
 designated experts and their router rows; ``routed_null`` learns the same routing of

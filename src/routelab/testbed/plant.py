@@ -1,7 +1,7 @@
 """Planting a stereotype into DESIGNATED experts of a saved testbed model (variants routed, routed_null).
 
 The recipe of ``routed`` (stereotyped corpus) and ``routed_null`` (balanced corpus), both
-starting from the control's saved weights (docs/method.md §10; README "Testbed variants"):
+starting from the control's saved weights (docs/method.md §10; docs/testbeds.md):
 
 - trainable: for each designated layer l (``testbed.plant.designated``), the designated experts'
   rows of ``experts.gate_up_proj`` (K, 2I, H) and ``experts.down_proj`` (K, H, I) and their

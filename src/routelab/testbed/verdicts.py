@@ -1,4 +1,4 @@
-"""The ground truth of the testbeds as checks of the pipeline's outputs (docs/method.md §10); stage `ground_truth`.
+"""The ground truth of the testbeds as checks of the pipeline's outputs (docs/method.md §10); stage `summary`.
 
 Each testbed variant has a role, and each role a list of claims the pipeline must make about it:
 
