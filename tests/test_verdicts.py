@@ -112,14 +112,21 @@ def test_nothing_moves_needs_equivalence_not_just_non_significance(tmp_path):
 
 def test_edits_need_damage_flags_a_clean_reduction(tmp_path):
     empty = {f"comparisons:{s}": [] for s in ("arr_eval", "masking", "ablation", "alternatives", "steer")}
-    damaged = {**empty, "comparisons:masking": [_cmp("mask_top", "crows_pairs", "pct_stereotype", -0.1, 0.01),
+    damaged = {**empty, "comparisons:masking": [_cmp("mask_top", "crows_pairs", "pct_stereotype", -0.15, 0.01),
                                                 _cmp("mask_top", "perplexity", "ppl", 0.5, 0.001, before=3.8)]}  # fmt: skip
     assert V.edits_need_damage(outputs(tmp_path, **damaged)).holds
-    clean = {**empty, "comparisons:arr_eval": [_cmp("arr_4", "crows_pairs", "pct_stereotype", -0.2, 0.001),
-                                               _cmp("arr_4", "perplexity", "ppl", 0.001, 0.8, before=3.8)]}  # fmt: skip
-    assert not V.edits_need_damage(outputs(tmp_path, **clean)).holds
+    small = {**empty, "comparisons:arr_eval": [_cmp("arr_8", "crows_pairs", "pct_stereotype", -0.03, 0.001, equivalent=True),
+                                               _cmp("arr_8", "perplexity", "ppl", 0.001, 0.8, before=3.8)]}  # fmt: skip
+    assert V.edits_need_damage(outputs(tmp_path, **small)).holds  # significant but within ±margin: not removed
+    clean = {**empty, "comparisons:arr_eval": [_cmp("arr_4", "crows_pairs", "pct_stereotype", -0.2, 0.001, equivalent=False),
+                                               _cmp("arr_4", "perplexity", "ppl", 0.01, 0.001, before=3.8)]}  # fmt: skip
+    assert not V.edits_need_damage(outputs(tmp_path, **clean)).holds  # a 0.3 % perplexity rise is no damage
     prefix = {**empty, "comparisons:alternatives": [_cmp("prompt_prefix", "crows_pairs", "pct_stereotype", -0.2, 0.001)]}
     assert V.edits_need_damage(outputs(tmp_path, **prefix)).holds  # not a routing edit
+    draws = {**empty, "comparisons:ablation": [
+        _cmp("random_phi_0", "crows_pairs", "pct_stereotype", -0.2, 0.001, equivalent=False),
+        _cmp("random_phi", "crows_pairs", "pct_stereotype", -0.02, 0.3, equivalent=True)]}  # fmt: skip
+    assert V.edits_need_damage(outputs(tmp_path, **draws)).holds  # judged by the draws' average, not one draw
 
 
 def test_judge_runs_a_roles_checks_and_refuses_an_unknown_role(tmp_path):

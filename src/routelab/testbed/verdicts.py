@@ -10,6 +10,9 @@ Each testbed variant has a role, and each role a list of claims the pipeline mus
 | routed_null | nowhere; routing reacts         | no_stereotype, fsp_finds_designated, nothing_moves_preference, nothing_moves_generation |
 | nonrouted   | outside the routing path        | stereotype_learned, routing_untouched, edits_need_damage               |
 
+Random conditions are judged by their draws' average (the stage's ``<group>`` row), as the paper
+reports "random-n (avg)"; a single draw is one sample of that condition.
+
 and every variant: ``utility_measurable``, ``scorer_agrees``; the planted ones ``plant_kept_utility``,
 ``plant_only_designated`` (routed, routed_null). A check is a function of one model's outputs
 (:class:`ModelOutputs`) returning a :class:`Verdict`: whether the claim holds, the statistic it
@@ -288,14 +291,26 @@ def generation_follows(o: ModelOutputs) -> Verdict:
                    "; ".join(f"{k} {_fmt(v)}" for k, v in found.items()))
 
 
+def _judged(comps: list[dict], benchmark: str, metric: str) -> list[dict]:
+    """The comparisons with the baseline of ``benchmark.metric`` that stand for a condition: a random
+    condition is judged by its draws' average (the stage's "<group>" rows, the paper's "avg"), not
+    draw by draw."""
+    rows = [c for c in comps if (c["benchmark"], c["metric"], c.get("reference", "baseline")) == (benchmark, metric, "baseline")]
+    names = {c["condition"] for c in rows}
+    return [c for c in rows if not (c["condition"].rsplit("_", 1)[0] in names and c["condition"].rsplit("_", 1)[-1].isdigit())]
+
+
+def _damaging(c: dict | None, alpha: float) -> bool:
+    """Damage: perplexity up by more than 5 % and significantly (p_BH < α)."""
+    return _raised(c, alpha) and c["after"] > 1.05 * c["before"]
+
+
 def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: str, metric: str) -> Verdict:
     """Every condition's change of ``metric`` is not significant (p_BH ≥ α) AND equivalent to zero
     within the margin (TOST at α)."""
     moved, total, worst = [], 0, 0.0
     for stage in stages:
-        for c in o.comparisons(stage):
-            if (c["benchmark"], c["metric"], c.get("reference", "baseline")) != (benchmark, metric, "baseline"):
-                continue
+        for c in _judged(o.comparisons(stage), benchmark, metric):
             total += 1
             worst = max(worst, abs(c["delta"]))
             if (c["p_bh"] is not None and c["p_bh"] < o.alpha) or not c.get("equivalent"):
@@ -318,20 +333,18 @@ def nothing_moves_generation(o: ModelOutputs) -> Verdict:
 
 def edits_need_damage(o: ModelOutputs) -> Verdict:
     """Routing edits do not remove a bias that lives outside the routing path except by damage:
-    wherever a routing condition lowers the preference significantly (p_BH < α), it also raises
-    perplexity significantly (p_BH < α)."""
+    every routing condition either leaves the preference equivalent to its baseline within ±margin
+    (TOST at α) or damages the model (perplexity up > 5 %, p_BH < α)."""
     clean = []
     for stage in ("arr_eval", "masking", "ablation", "alternatives", "steer"):
         comps = o.comparisons(stage)
-        for c in comps:
-            if (c["benchmark"], c["metric"], c.get("reference", "baseline")) != (CROWS, PREF, "baseline"):
+        for c in _judged(comps, CROWS, PREF):
+            if c["condition"] in NON_ROUTING or c.get("equivalent"):
                 continue
-            if c["condition"] in NON_ROUTING or not _lowered(c, o.alpha):
-                continue
-            if not _raised(_find(comps, c["condition"], PPL, "ppl"), o.alpha):
+            if not _damaging(_find(comps, c["condition"], PPL, "ppl"), o.alpha):
                 clean.append(f"{stage}/{c['condition']} {_fmt(c)}")
     return Verdict("edits_need_damage", o.model, not clean, float(len(clean)),
-                   f"preference lowered without a perplexity rise: {clean[:3] or 'none'}")
+                   f"preference moved beyond ±margin without damage: {clean[:3] or 'none'}")
 
 
 Check = Callable[[ModelOutputs], Verdict]
