@@ -201,3 +201,19 @@ def test_the_params_key_scan_catches_a_wrong_key(tmp_path):
     assert _resolve(params, ["profile", "skip_first_token"])
     assert not _resolve(params, ["profile", "skip_first"])
     assert _resolve(params, ["models", "<name>", "path"]) and not _resolve(params, ["models", "<name>", "paht"])
+
+
+def test_params_yaml_is_written_the_way_dvc_writes_it(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with DVC's own YAML writer: in that form an experiment
+    changes exactly the lines of the keys it sets (no cosmetic diff on `dvc exp apply`)."""
+    import shutil
+
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", copy)
+    with modify_yaml(copy) as data:
+        data["arr"]["beta"] = 0.25
+    before, after = (ROOT / "params.yaml").read_text().splitlines(), copy.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and len(changed) == 1 and changed[0][1].startswith("  beta: 0.25"), changed

@@ -450,10 +450,10 @@ def write_report(sections: Sequence[Section], out_dir: str | Path, title: str = 
 # Per-model plot data → one long table per figure under plots/report/ (column `model` added), so that
 # the `plots:` definitions in dvc.yaml name three fixed files and still grow with `pipeline.models`
 # (dvc.yaml cannot expand a list in a plot definition). The templates in .dvc/plots/ colour by model.
-CROSS_MODEL_PLOT_DATA = {
-    "frontier.csv": "arr_sweep/frontier.csv",  # λ sweep: pct_stereotype vs ppl
-    "r_by_layer.csv": "aals/r_by_layer.csv",  # AALS R(l)
-    "layer_shift.csv": "profile/layer_shift.csv",  # routing shift JSD per layer
+CROSS_MODEL_PLOT_DATA = {  # long table -> (per-model CSV, x, y, title, points) of its figure
+    "frontier.csv": ("arr_sweep/frontier.csv", "ppl", "pct_stereotype", "λ frontier (ARR sweep, validation)", True),
+    "r_by_layer.csv": ("aals/r_by_layer.csv", "layer", "R", "AALS R(l) per layer (Eq. 5)", False),
+    "layer_shift.csv": ("profile/layer_shift.csv", "layer", "layer_jsd", "routing shift per layer (JSD, bits)", False),
 }
 
 
@@ -461,8 +461,10 @@ def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, ou
     """Concatenate each model's plot CSVs (those that exist) into ``out_dir``, one file per figure."""
     import polars as pl
 
+    from routelab import plots
+
     written = []
-    for name, rel in CROSS_MODEL_PLOT_DATA.items():
+    for name, (rel, x, y, title, points) in CROSS_MODEL_PLOT_DATA.items():
         frames = [pl.read_csv(Path(plots_dir) / m / rel).with_columns(pl.lit(m).alias("model"))
                   for m in models if (Path(plots_dir) / m / rel).exists()]  # fmt: skip
         if not frames:
@@ -471,7 +473,7 @@ def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, ou
         target = Path(out_dir) / name
         with atomic_path(target) as tmp:
             table.select("model", *[c for c in table.columns if c != "model"]).write_csv(tmp)
-        written.append(target)
+        written += [target, plots.by_model(table, x, y, target.with_suffix(".png"), title, points=points)]
     return written
 
 
