@@ -36,15 +36,16 @@ def worker(steps: int) -> dict[str, float]:
     from routelab import testbed as tb
     from routelab.config import section
     from routelab.scoring import score
+    from routelab.testbed.train import train_from_scratch
 
     base = {"seed": 0, "train": {"steps": 5, "warmup_steps": 2}}
     cfg = section(tb.TestbedParams, base, "testbed")
     corpus = tb.generate_corpus(cfg.corpus, strength=0.8, seed=0)
     tok = tb.build_tokenizer([r["text"] for r in corpus.records])
-    tb.train_from_scratch(corpus.records, tok, cfg, progress=False)  # warm-up (first-call costs)
+    train_from_scratch(corpus.records, tok, cfg, progress=False)  # warm-up (first-call costs)
     cfg = section(tb.TestbedParams, {**base, "train": {"steps": steps, "warmup_steps": 2}}, "testbed")
     t0 = time.perf_counter()
-    model, _ = tb.train_from_scratch(corpus.records, tok, cfg, progress=False)
+    model, _ = train_from_scratch(corpus.records, tok, cfg, progress=False)
     train_s = time.perf_counter() - t0
     texts = [r["text"] for r in corpus.records[:2048]]
     reqs = [("", t) for t in texts]

@@ -24,6 +24,8 @@ decision (CrowS preference, MC1, BBQ answer…) is identical.
 
 from __future__ import annotations
 
+import routelab  # noqa: F401  (first: pins the compute path before torch, numpy and pyarrow load)
+
 import argparse
 import json
 import os

@@ -11,6 +11,8 @@ testbed_train@diffuse`) a random OLMoE of the testbed's default size is used.
 
 from __future__ import annotations
 
+import routelab  # noqa: F401  (first: pins the compute path before torch, numpy and pyarrow load)
+
 import argparse
 import random
 import statistics

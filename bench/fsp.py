@@ -16,6 +16,8 @@ Target (brief): <= 60 s and <= 4 GB on 2 cores for 10M rows.
 
 from __future__ import annotations
 
+import routelab  # noqa: F401  (first: pins the compute path before torch, numpy and pyarrow load)
+
 import argparse
 import json
 import resource

@@ -11,6 +11,8 @@ batches with the KV cache and the routing hook attached) must give the same toke
 
 from __future__ import annotations
 
+import routelab  # noqa: F401  (first: pins the compute path before torch, numpy and pyarrow load)
+
 import argparse
 import os
 import statistics

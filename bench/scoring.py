@@ -13,6 +13,8 @@ the ratio, and the largest |LL difference| between them.
 
 from __future__ import annotations
 
+import routelab  # noqa: F401  (first: pins the compute path before torch, numpy and pyarrow load)
+
 import argparse
 import json
 import sys

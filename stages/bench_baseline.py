@@ -8,22 +8,21 @@ Parquet <out>/<benchmark>_<split>.parquet, and the metrics with bootstrap 95 % C
 
 
 from routelab.config import load_params, section
-from routelab.evaluate import BenchParams, evaluate, headline, load_benchmarks
-from routelab.io import write_json
+from routelab.bench_baseline import BenchBaselineParams, evaluate, headline, load_benchmarks
 from routelab.models import load_model, model_spec
-from routelab.stage import run_stage, stage_args
+from routelab.stage import run_stage, stage_args, write_metrics
 
 
 def main() -> str:
     args = stage_args(__doc__, "--model", "--out", "--splits", "--metrics", outputs=("--metrics",),
                       output_dirs=("--out", "--splits"))
     params = load_params(args.params)
-    cfg = section(BenchParams, params.get("bench_baseline"), "bench_baseline")
+    cfg = section(BenchBaselineParams, params.get("bench_baseline"), "bench_baseline")
     spec = model_spec(params, args.model)
     items = load_benchmarks(cfg, spec)  # every input read first: a missing one fails before the model loads
     lm = load_model(spec)
     results = evaluate(lm, cfg, items, args.out, args.splits, write_splits=True)
-    write_json(args.metrics, results)
+    write_metrics(args.metrics, results)
     return f"bench_baseline[{args.model}]: {len(results)} benchmarks; test split: {headline(results)}"
 
 

@@ -6,9 +6,9 @@ Usage: python -m stages.extract --model diffuse --prompts data/prompts/diffuse.p
 
 from routelab.config import load_params, section
 from routelab.extract import ExtractParams, extract_routing
-from routelab.io import check_resumable_output, write_json
+from routelab.io import check_resumable_output
 from routelab.models import load_model, model_spec
-from routelab.stage import run_stage, stage_args
+from routelab.stage import run_stage, stage_args, write_metrics
 from routelab.tables import read_prompt_texts
 
 
@@ -26,7 +26,7 @@ def main() -> str:
     summary["bytes_per_token_layer"] = summary["bytes"] / max(summary["rows"], 1)
     for volatile in ("seconds", "tokens_computed"):  # the same params must give the same metrics
         summary.pop(volatile)
-    write_json(args.metrics, summary)
+    write_metrics(args.metrics, summary)
     note = f"; {truncated} of {len(prompts)} prompts cut to extract.max_length {cfg.max_length}" if truncated else ""
     return (f"extract[{args.model}]: {summary['prompts']} prompts, {summary['tokens']} tokens × "
             f"{len(lm.moe_layers)} MoE layers → {args.out}, {summary['bytes'] / 1e6:.2f} MB{note}")

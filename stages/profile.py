@@ -16,10 +16,10 @@ from pathlib import Path
 
 from routelab import plots
 from routelab.config import load_params, section
-from routelab.io import write_json, write_parquet
+from routelab.io import write_parquet
 from routelab.profile import ProfileParams, compute_profile
 from routelab.profile_null import load_designated
-from routelab.stage import format_p, run_stage, stage_args
+from routelab.stage import format_p, run_stage, stage_args, write_metrics
 
 def main() -> str:
     args = stage_args(__doc__, "--model", "--routing", "--prompts", "--out", "--layer-axis", "--metrics", "--plots",
@@ -29,7 +29,7 @@ def main() -> str:
     profile, layer_axis, desc = compute_profile(args.routing, args.prompts, cfg, designated=designated)
     write_parquet(profile, args.out)
     write_parquet(layer_axis, args.layer_axis)
-    write_json(args.metrics, desc)
+    write_metrics(args.metrics, desc)
     out = Path(args.plots)
     plots.phi_heatmap(profile, out / "phi_heatmap.png", title=args.model, designated=designated)
     plots.jsd_by_axis(layer_axis, out / "jsd_by_axis.png", title=args.model)

@@ -6,15 +6,13 @@ The vocabulary comes from the model's spec (`models.<name>.vocabulary`): `englis
 models, a testbed corpus directory for the testbeds (their own, in-distribution words).
 """
 
-
-from transformers import AutoTokenizer
-
 from routelab.config import load_params, section
 from routelab.models import model_spec
-from routelab.io import write_json, write_parquet
+from routelab.io import write_parquet
 from routelab.prompts import PromptsParams, build_prompts, english_vocabulary, summary
-from routelab.stage import run_stage, stage_args
+from routelab.stage import run_stage, stage_args, write_metrics
 from routelab.testbed import load_vocabulary
+from transformers import AutoTokenizer  # after routelab: the compute path is pinned before torch loads
 
 
 def main() -> str:
@@ -28,7 +26,7 @@ def main() -> str:
     df = build_prompts(vocab, tokenizer, cfg)
     write_parquet(df, args.out)
     s = summary(df)
-    write_json(args.metrics, s)
+    write_metrics(args.metrics, s)
     return (f"prompts[{args.model}]: {s['n_neutral']} neutral + {s['n_demographic']} demographic prompts "
             f"over {s['n_groups']} groups, {s['n_contexts']} contexts "
             f"({s['n_validation']} validation / {s['n_test']} test) → {args.out}")

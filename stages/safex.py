@@ -8,9 +8,9 @@ load_selection reads it) and the selection's size and settings as metrics.
 """
 
 from routelab.config import load_params, section
-from routelab.io import write_json, write_parquet
+from routelab.io import write_parquet
 from routelab.safex import SafexParams, safex_fairness
-from routelab.stage import run_stage, stage_args
+from routelab.stage import run_stage, stage_args, write_metrics
 
 
 def main() -> str:
@@ -18,7 +18,7 @@ def main() -> str:
     cfg = section(SafexParams, load_params(args.params).get("safex"), "safex")
     selection, summary = safex_fairness(args.routing, args.prompts, cfg)
     write_parquet(selection, args.out)
-    write_json(args.metrics, summary)
+    write_metrics(args.metrics, summary)
     return (f"safex[{args.model}]: {summary['safex_selected']} experts in the top {summary['top_n']} of their "
             f"layer in all {cfg.n_resamples} resamples: {', '.join(summary['selected_experts']) or 'none'}")
 

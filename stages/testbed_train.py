@@ -9,17 +9,17 @@ held-out perplexity, first-token NLL, strength, steps).
 """
 
 from routelab import testbed
+from routelab.testbed.train import train_and_evaluate
 from routelab.config import load_params, section
-from routelab.io import write_json
-from routelab.stage import run_stage, stage_args
+from routelab.stage import run_stage, stage_args, write_metrics
 
 
 def main() -> str:
     args = stage_args(__doc__, "--variant", "--corpus", "--out", "--metrics")
     cfg = section(testbed.TestbedParams, load_params(args.params).get("testbed"), "testbed")
-    m = testbed.train_and_evaluate(args.corpus, args.out, cfg, variant_name=args.variant)
+    m = train_and_evaluate(args.corpus, args.out, cfg, variant_name=args.variant)
     seconds = m.pop("train_seconds")  # wall time is not a metric: the same params give the same metrics
-    write_json(args.metrics, m)
+    write_metrics(args.metrics, m)
     return (
         f"testbed_train {args.variant}: strength {m['strength']}, loss {m['final_loss']:.3f} in "
         f"{seconds:.0f} s of training, CrowS pref {m['crows_pref']:.3f} "

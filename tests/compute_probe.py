@@ -8,7 +8,7 @@ Run as a script (tests/test_compute.py runs it in subprocesses under different C
   OLMoE forward and backward, the router's aux loss, gradient clipping, fused AdamW) after a
   few steps on a tiny generated corpus;
 - ``score``: the log-likelihoods of the scorer (routelab.scoring) on the trained model;
-- ``numpy``: float64 exp/log/sum and an argsort with ties (numpy's SIMD loops);
+- ``numpy``: float64 exp/log/sum, a sort and a stable argsort with ties (numpy's SIMD loops);
 - ``arrow``: an Arrow float sum and mean (pyarrow compute kernels).
 """
 
@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import torch
 
 from routelab import testbed as tb
+from routelab.testbed import train as train_mod
 from routelab.config import section
 from routelab.scoring import score
 
@@ -49,15 +50,15 @@ def probe() -> dict[str, str]:
     cfg = section(tb.TestbedParams, CONFIG, "testbed")
     corpus = tb.generate_corpus(cfg.corpus, strength=0.8, seed=cfg.seed)
     tok = tb.build_tokenizer([r["text"] for r in corpus.records])
-    model, _ = tb.train_from_scratch(corpus.records, tok, cfg, progress=False)
+    model, _ = train_mod.train_from_scratch(corpus.records, tok, cfg, progress=False)
     weights = _digest(v.detach().contiguous().numpy().tobytes() for _, v in sorted(model.state_dict().items()))
     texts = [r["text"] for r in corpus.records[:24]]
     lls = score(model, tok, [("", t) for t in texts], batch_size=8, progress=False)
     scores = _digest(np.array([x.logprob for x in lls], dtype=np.float64).tobytes() for _ in [0])
     x = np.random.default_rng(0).normal(size=4099)  # (N,) an odd length exercises the loops' tails
-    keys = np.round(x, 1)  # many ties: an unstable argsort may order them differently per kernel
+    keys = np.round(x, 1)  # many ties
     numbers = _digest([np.exp(x).tobytes(), np.log(np.abs(x) + 1).tobytes(), np.float64(x.sum()).tobytes(),
-                       np.argsort(keys).tobytes()])  # fmt: skip
+                       np.sort(keys).tobytes(), np.argsort(keys, kind="stable").tobytes()])  # fmt: skip
     arr = pa.array(x)
     arrow = _digest([pc.sum(arr).as_py().hex().encode(), pc.mean(arr).as_py().hex().encode()])
     return {"capability": torch.backends.cpu.get_cpu_capability(), "train": weights, "score": scores,

@@ -91,8 +91,10 @@ def _env(tmp_path_factory) -> dict[str, str]:
     hf_home = tmp_path_factory.mktemp("hf_home")  # outside the work folder: an empty Hugging Face cache
     # One torch thread: on a shared 2-core machine two spinning threads per tiny forward slow a
     # run tenfold whenever the other core is busy.
+    # src/ first: the commands run this checkout's routelab, not whichever one is installed (a git worktree)
     return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(hf_home),
-                PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), PYTHONDONTWRITEBYTECODE="1",
+                OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +171,10 @@ CASES = [
     ("lam-nan", _extract("--profile", "profile.parquet", "--lam", "nan"), ("--lam nan", "finite number")),
     ("lam-without-profile", _extract("--lam", "1"), ("--profile and --lam go together",)),
     ("batch-size-zero", _extract("--batch-size", "0"), ("--batch-size", "must be ≥ 1")),
+    ("max-logits-bytes-zero", _bench("perplexity", "ppl_latin1.txt", "--max-logits-bytes", "0"),
+     ("--max-logits-bytes 0", "whole number of bytes > 0")),
+    ("max-logits-bytes-words", _bench("perplexity", "ppl_latin1.txt", "--max-logits-bytes", "256MB"),
+     ("--max-logits-bytes 256MB", "whole number of bytes > 0")),
     # Devices (torch loads, no model)
     ("device-tpu", _extract("--device", "tpu"), ("--device tpu", "unknown device", "cpu")),
     pytest.param("device-cuda-without-gpu", _extract("--device", "cuda"), ("--device cuda", "no CUDA GPU", "use cpu"),

@@ -17,7 +17,7 @@ from routelab.benchmarks import HubSource, get_benchmark, load_items
 from routelab.benchmarks.base import hub_rows, missing
 from routelab.cli import build_parser
 from routelab.errors import RoutelabError
-from routelab.evaluate import BenchParams
+from routelab.bench_baseline import BenchBaselineParams
 from routelab.models import ModelSpec
 from routelab.scoring import LL
 
@@ -28,7 +28,9 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not pre
 
 
 def L(logprob: float, n: int = 1) -> LL:
-    return LL(logprob, n, False)
+    """An LL of ``n`` tokens (ids 0..n-1, equal shares of ``logprob``): token-level, as the CrowS
+    decomposition needs; two such sentences of one length share every token (nothing after a difference)."""
+    return LL(logprob, n, False, tuple([logprob / n] * n), tuple(range(n)))
 
 
 class FakeHub:
@@ -54,7 +56,7 @@ def _bench_flags() -> set[str]:
 
 def assert_hint_names_real_options(msg: str) -> None:
     """Every params key and CLI flag a hint names exists (bench_baseline.*, models.<name>.*, --x)."""
-    fields = {f.name for f in dataclasses.fields(BenchParams)}
+    fields = {f.name for f in dataclasses.fields(BenchBaselineParams)}
     for key in re.findall(r"bench_baseline\.(\w+)", msg):
         assert key in fields, f"hint names bench_baseline.{key}, not a key of the section: {msg}"
     for key in re.findall(r"models\.<name>\.(\w+)", msg):

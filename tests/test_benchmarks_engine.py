@@ -6,6 +6,7 @@ Run: .venv/bin/pytest tests/test_benchmarks_engine.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -17,7 +18,7 @@ import routelab.benchmarks as B
 from routelab.benchmarks import get_benchmark, load_items, metrics_from_rows, resolve_source, run_benchmark
 from routelab.config import load_params, section
 from routelab.errors import RoutelabError
-from routelab.evaluate import BenchParams
+from routelab.bench_baseline import BenchBaselineParams
 from routelab.scoring import score
 from test_benchmarks_base import FIXTURES, ROOT, SHARED, assert_hint_names_real_options, needs_shared
 
@@ -111,7 +112,7 @@ def test_run_crows_pairs_on_a_split(lm):
     assert lo <= metrics["pct_stereotype"] <= hi
     assert metrics["seed"] == 3 and metrics["bootstrap"]["n_resamples"] == 200 and metrics["n_items"] == 5
     assert metrics["source"] == str(csv)
-    assert set(metrics["ci95"]) == {"pct_stereotype", "likelihood_diff", "length_matched.pct_stereotype"}
+    assert set(metrics["ci95"]) == {"pct_stereotype", "likelihood_diff", "pct_stereotype_after", "length_matched.pct_stereotype"}
     _same_from_rows(crows, metrics, frame)
     json.dumps(metrics)
     with pytest.raises(RoutelabError, match="not in the benchmark data"):
@@ -169,18 +170,39 @@ def test_run_perplexity(lm, tmp_path):
     _same_from_rows(ppl, metrics, frame)
 
 
+def test_a_token_level_benchmark_gets_per_token_lls(lm):
+    """Benchmark.token_level: the engine's LLs carry each continuation token's log p and id (a rolling
+    text's windows joined in order); other benchmarks get none."""
+    model, tok = lm
+    text = "the doctor examined the patient"
+    items = [{"id": "0", "text": text}]
+    ppl = get_benchmark("perplexity")
+    assert not ppl.token_level
+    ((plain,),) = B.item_lls(model, tok, ppl, items, max_length=8, progress=False)
+    assert plain.tokens is None and plain.token_logprobs is None
+    ((ll,),) = B.item_lls(model, tok, dataclasses.replace(ppl, token_level=True), items, max_length=8, progress=False)
+    assert ll.tokens == tuple(tok(text, add_special_tokens=False)["input_ids"])  # 4 windows of 8, joined
+    assert sum(ll.token_logprobs) == pytest.approx(ll.logprob, abs=1e-5) and ll.logprob == plain.logprob
+
+
 # --------------------------------------------------------------------------------------------
-# The bench_baseline params section (routelab.evaluate.BenchParams) reads the entries
+# The bench_baseline params section (routelab.bench_baseline.BenchBaselineParams) reads the entries
 # --------------------------------------------------------------------------------------------
 
 
 def test_params_section_is_checked_against_the_entries():
     params = load_params(ROOT / "params.yaml")
-    cfg = section(BenchParams, params["bench_baseline"], "bench_baseline")
+    cfg = section(BenchBaselineParams, params["bench_baseline"], "bench_baseline")
     assert cfg.options["bbq"] == {"categories": None} and set(cfg.options) <= set(B.BENCHMARKS)
     with pytest.raises(RoutelabError, match=r"bench_baseline\.paths: unknown benchmark 'bbqq'\. Did you mean 'bbq'"):
-        BenchParams(paths={"bbqq": "x"})
+        BenchBaselineParams(paths={"bbqq": "x"})
     with pytest.raises(RoutelabError, match=r"bench_baseline\.options\.stereoset: unknown option\(s\) task; stereoset takes: tasks"):
-        BenchParams(options={"stereoset": {"task": ["intrasentence"]}})
+        BenchBaselineParams(options={"stereoset": {"task": ["intrasentence"]}})
     with pytest.raises(RoutelabError, match="bold is a generation benchmark"):
-        BenchParams(benchmarks=["bold"])
+        BenchBaselineParams(benchmarks=["bold"])
+    assert cfg.max_logits_bytes == 256 * 2**20  # params.yaml spells out the scorer's default
+    for bad in (0, -1):
+        with pytest.raises(RoutelabError, match=rf"^bench_baseline\.max_logits_bytes {bad}: must be a whole number"):
+            BenchBaselineParams(max_logits_bytes=bad)
+    with pytest.raises(RoutelabError, match=r"bench_baseline\.max_logits_bytes: expected int, found '256MB'"):
+        section(BenchBaselineParams, {"max_logits_bytes": "256MB"}, "bench_baseline")

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from routelab import compute
 
@@ -66,8 +65,13 @@ def test_the_pin_overrides_whatever_the_environment_inherits(pinned):
     assert {k: other[k] for k in NUMBERS} == {k: pinned[k] for k in NUMBERS}
 
 
-@pytest.mark.skipif("avx512" not in torch.backends.cpu.get_cpu_capability().lower() and
-                    os.environ.get("ROUTELAB_TEST_AVX512") is None, reason="needs a CPU with AVX-512")
+def _cpu_has_avx512() -> bool:
+    """From the CPU itself: this (pinned) process's torch reports the pinned AVX2, not the hardware."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and " avx512f" in cpuinfo.read_text()
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="compares the pin with this CPU's own AVX-512 kernels")
 def test_on_an_avx512_cpu_the_pin_is_the_avx2_path_and_native_differs(pinned):
     """On this machine's own AVX-512 kernels the numbers differ; the pin equals forcing the AVX2 ones by hand."""
     native = run_probe({"ROUTELAB_COMPUTE": "native"})
@@ -83,7 +87,7 @@ def test_a_thread_override_is_named_and_recorded():
                          text=True, check=True).stdout.splitlines()  # fmt: skip
     assert out[0] == "cpu-avx2-mkl-compatible-3t" and "ROUTELAB_THREADS=3" in out[1]
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["cpu-avx2-mkl-compatible-2t"]  # the pinned path: no note
+    assert out.splitlines()[0] == "cpu-avx2-mkl-compatible-2t" and out.splitlines()[1:] == [""]  # pinned: no note
 
 
 def test_a_misspelt_compute_mode_stops_at_import():

@@ -62,7 +62,11 @@ def test_ablation_profiles_by_hand(ctx):
     phi = ctx.profile.filter(pl.col("layer") == 2).sort("expert")["phi"].to_numpy()
     assert np.allclose(_bias(C.build("flatten", ctx), 2), -np.full(K, phi.mean()))
     assert np.allclose(_bias(C.build("inverted", ctx), 2), -(phi.max() - phi))
-    assert np.allclose(_bias(C.build("power", ctx, alpha=2.0), 2), -(phi**2))
+    # φ^α rescaled to φ's maximum: the shape changes, the strongest penalty does not (FARE Table 4 at equal strength)
+    assert np.allclose(_bias(C.build("power", ctx, alpha=2.0), 2), -(phi**2) * phi.max() / phi.max() ** 2)
+    assert np.allclose(_bias(C.build("power", ctx, alpha=0.5), 2), -np.sqrt(phi) * phi.max() / np.sqrt(phi.max()))
+    assert np.allclose(_bias(C.build("power", ctx, alpha=1.0), 2), -phi)  # φ^1 is FSP's own profile
+    assert -_bias(C.build("power", ctx, alpha=4.0), 2).min() == pytest.approx(phi.max())
     shuffled = -_bias(C.build("random_phi", ctx, draw=3), 2)
     assert sorted(shuffled) == pytest.approx(sorted(phi)) and not np.allclose(shuffled, phi)
     top3 = -_bias(C.build("top_k_profile", ctx, k=3), 2)
@@ -72,13 +76,22 @@ def test_ablation_profiles_by_hand(ctx):
     assert clipped.settings["k_used"] == K  # clipped to the edited layers' slots
 
 
-def test_selection_and_random_selection(ctx):
+def test_selection_and_random_selection_edit_only_the_contexts_layers(ctx):
+    """Like for like with FSP's ARR: a selection edits the layers ARR edits (ctx.layers = [2]), and
+    its selected experts outside them are not edited."""
     sel = pl.DataFrame({"layer": [1, 2, 2], "expert": [3, 0, 5], "score": [0.1, 0.2, 0.3],
                         "selected": [True, False, True]})
     c = C.build("selection", ctx, table=sel, lam=1.5)
-    assert np.allclose(_bias(c, 1), -1.5 * np.eye(K)[3]) and np.allclose(_bias(c, 2), -1.5 * np.eye(K)[5])
+    assert c.name == "safex_1p5" and list(c.edit.layers) == [2]
+    assert np.allclose(_bias(c, 2), -1.5 * np.eye(K)[5]) and c.settings["n_selected"] == 1
     r = C.build("random_selection", ctx, n=2, lam=1.5, draw=0)
-    assert sum((_bias(r, layer) != 0).sum() for layer in r.edit.layers) == 2
+    assert list(r.edit.layers) == [2] and (_bias(r, 2) != 0).sum() == 2
+    assert (r.name, r.group) == ("random_selection_0_1p5", "random_selection_1p5")
+    same = C.build("random_selection", ctx, n=2, lam=4.0, draw=0)  # one draw, the same experts at every λ
+    assert np.array_equal(_bias(same, 2) != 0, _bias(r, 2) != 0)
+    none = pl.DataFrame({"layer": [1], "expert": [3], "score": [0.1], "selected": [True]})
+    with pytest.raises(RoutelabError, match=r"no expert in layers \[2\]"):
+        C.build("selection", ctx, table=none, lam=1.0)
 
 
 def test_bad_conditions_are_refused(ctx):

@@ -94,6 +94,26 @@ def test_router_hook_fires_at_prefill_and_every_decoding_step(lm):
     assert all(0 not in c.index.flatten().tolist() for c in s.records if c.layer == 1)  # masked at every step
 
 
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_only_the_last_positions_logits_are_computed_at_prefill_and_every_step(lm, kv_cache):
+    """The head sees (B, H) at every forward (transformers' logits_to_keep=1): never (B, T, V) logits."""
+    from routelab.generation import _decode_batch
+
+    tok, head = lm.tokenizer, lm.model.get_output_embeddings()
+    ids = [tok(t)["input_ids"] for t in PROMPTS]
+    shapes = []
+    handle = head.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    tok.eos_token_id, eos = None, tok.eos_token_id
+    try:
+        with attach(lm, conditions=[None]) as s:
+            s.use_conditions([0] * len(ids))
+            _decode_batch(lm.model, tok, ids, DecodeParams(max_new_tokens=4), [None] * len(ids), kv_cache=kv_cache)
+    finally:
+        handle.remove()
+        tok.eos_token_id = eos
+    assert shapes == [(len(ids), head.out_features)] * 4  # prefill + 3 steps, one row per prompt each
+
+
 def test_sampling_is_seeded_per_prompt_and_sample_not_per_batch(lm):
     p = DecodeParams(max_new_tokens=6, strategy="sample", samples=3, temperature=1.5, top_p=0.9, seed=11, batch_size=5)
     a = generate(lm, PROMPTS, p, show_progress=False)

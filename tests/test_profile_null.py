@@ -178,8 +178,10 @@ def test_load_designated(tmp_path):
     with pytest.raises(RoutelabError, match="plant.json: not a plant file"):
         load_designated(tmp_path)
     (tmp_path / "plant.json").write_text(json.dumps({"designated": {"1": []}}))
-    with pytest.raises(RoutelabError, match="names no experts"):
+    with pytest.raises(RoutelabError, match="names a layer without experts"):
         load_designated(tmp_path)
+    (tmp_path / "plant.json").write_text(json.dumps({"designated": {}, "method": "outside"}))  # nonrouted
+    assert load_designated(tmp_path) is None
 
 
 def test_designated_report_by_hand():

@@ -73,13 +73,25 @@ def _stages() -> dict[str, dict]:
     return {name: st.get("do", st) for name, st in dvc["stages"].items()}
 
 
+ENGINE_FINGERPRINT = ROOT / "data" / "engine.json"  # stage engine's output: stands for its deps (see dvc.yaml)
+
+
+def _deps(stage: str) -> list[Path]:
+    """A stage's deps with data/engine.json expanded into the engine stage's library deps."""
+    st, stages = _stages()[stage], _stages()
+    deps = [ROOT / d for d in st.get("deps", []) if "${" not in d]
+    if ENGINE_FINGERPRINT in [ROOT / d.replace("${item}", "x") for d in st.get("deps", [])]:
+        deps += [ROOT / d for d in stages["engine"]["deps"] if d != "stages/engine.py"]
+    return deps
+
+
 @pytest.mark.parametrize("stage", sorted(_stages()))
 def test_stage_deps_cover_every_imported_routelab_module(stage):
     st = _stages()[stage]
     m = re.search(r"python -m stages\.(\w+)", st["cmd"])
     assert m, f"stage {stage}: cmd does not run a stages/ script: {st['cmd']}"
     script = ROOT / "stages" / f"{m.group(1)}.py"
-    deps = [ROOT / d for d in st.get("deps", []) if "${" not in d]
+    deps = _deps(stage)
     assert script in deps, f"stage {stage}: its script {script.relative_to(ROOT)} is not in its deps"
     missing = sorted(
         str(f.relative_to(ROOT)) for f in import_closure(script)
@@ -87,6 +99,8 @@ def test_stage_deps_cover_every_imported_routelab_module(stage):
     )
     assert not missing, f"dvc.yaml stage {stage}: deps miss modules its script imports: {missing}"
     closure = import_closure(script)
+    if stage == "engine":  # its deps are what it fingerprints (test_the_engine_fingerprint_lists_exactly_…)
+        return
     extra = sorted(  # a library dep the script does not import would re-run the stage for nothing
         str(d.relative_to(ROOT)) for d in deps
         if (ROOT / "src" / "routelab") in d.parents and not any(f == d or d in f.parents for f in closure)
@@ -95,6 +109,33 @@ def test_stage_deps_cover_every_imported_routelab_module(stage):
     # data/, metrics/ and plots/ are pipeline outputs: they exist once the stages that write them ran
     stale = [str(d.relative_to(ROOT)) for d in deps if not d.exists() and d.relative_to(ROOT).parts[0] not in ("data", "metrics", "plots")]
     assert not stale, f"dvc.yaml stage {stage}: deps that do not exist: {stale}"
+
+
+def test_the_engine_fingerprint_lists_exactly_the_conditions_engine():
+    """Stage `engine` lists the import closure of routelab.interventions, no more, no less, so the
+    stages that depend on data/engine.json re-run exactly when a module they import through it changes."""
+    deps = [ROOT / d for d in _stages()["engine"]["deps"] if d != "stages/engine.py"]
+    closure = import_closure(PKG / "interventions" / "__init__.py") | {PKG / "interventions" / "__init__.py"}
+    covered = {f for f in closure if any(f == d or d in f.parents for d in deps)}
+    assert covered == closure, sorted(str(f.relative_to(ROOT)) for f in closure - covered)
+    files = {f for d in deps for f in ([d] if d.is_file() else d.rglob("*.py"))}
+    assert files == closure, sorted(str(f.relative_to(ROOT)) for f in files ^ closure)
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "bench").glob("*.py")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_scripts_import_routelab_before_torch_numpy_or_pyarrow(script):
+    """`import routelab` pins the compute path (routelab.compute) before torch, numpy and pyarrow read
+    their CPU settings: a script that imports a numeric library first would run off the pinned path."""
+    numeric = {"torch", "numpy", "pyarrow", "polars", "scipy", "transformers", "sklearn", "pandas", "datasets"}
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            top = {n.split(".")[0] for n in names}
+            if "routelab" in top:
+                return
+            assert not top & numeric, f"{script.relative_to(ROOT)}: imports {top & numeric} before routelab"
+    pytest.fail(f"{script.relative_to(ROOT)} never imports routelab")
 
 
 def test_import_closure_follows_packages_and_relative_imports():
@@ -160,3 +201,19 @@ def test_the_params_key_scan_catches_a_wrong_key(tmp_path):
     assert _resolve(params, ["profile", "skip_first_token"])
     assert not _resolve(params, ["profile", "skip_first"])
     assert _resolve(params, ["models", "<name>", "path"]) and not _resolve(params, ["models", "<name>", "paht"])
+
+
+def test_params_yaml_is_written_the_way_dvc_writes_it(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with DVC's own YAML writer: in that form an experiment
+    changes exactly the lines of the keys it sets (no cosmetic diff on `dvc exp apply`)."""
+    import shutil
+
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", copy)
+    with modify_yaml(copy) as data:
+        data["arr"]["beta"] = 0.25
+    before, after = (ROOT / "params.yaml").read_text().splitlines(), copy.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and len(changed) == 1 and changed[0][1].startswith("  beta: 0.25"), changed

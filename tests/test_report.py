@@ -19,11 +19,16 @@ PNG = bytes.fromhex(
 
 def _fake(tmp_path: Path) -> tuple[Path, Path]:
     metrics, plots = tmp_path / "metrics", tmp_path / "plots" / "models"
-    res = {"crows_pairs.pct_stereotype": {"before": 0.8, "after": 0.6, "delta": -0.2, "p_bh": 0.001},
-           "truthfulqa.mc1": {"before": 0.7, "after": 0.68, "delta": -0.02, "p_bh": 0.4}}
+    res = {"crows": {"pct_stereotype": {"before": 0.8, "after": 0.6, "delta": -0.2, "p_bh": 0.001, "ci_low": -0.25,
+                                        "ci_high": -0.15, "equivalent": False, "p_tost": 0.9}},
+           "tqa": {"mc1": {"before": 0.7, "after": 0.68, "delta": -0.02, "p_bh": 0.4, "ci_low": -0.05, "ci_high": 0.01}}}
+    null = {"crows": {"pct_stereotype": {"before": 0.5, "after": 0.5, "delta": 0.001, "p_bh": 0.9, "ci_low": -0.01,
+                                         "ci_high": 0.012, "equivalent": True, "p_tost": 0.001}}}
     (metrics / "a").mkdir(parents=True)
-    (metrics / "a" / "arr_test.json").write_text(json.dumps({"lambda_star": 2.0, "layers": [1], "results": res}))
-    (metrics / "a" / "masking.json").write_text(json.dumps({"results": {"mask_top": res}}))
+    (metrics / "a" / "arr_eval.json").write_text(json.dumps({"lambda_star": 2.0, "layers": [1], "condition": "arr_2",
+                                                             "results": {"arr_2": res}}))
+    (metrics / "a" / "masking.json").write_text(json.dumps({"results": {"mask_top": res, "mask_bottom": null},
+                                                            "skipped": {"mask_random": "a reason"}}))
     for rel in ("profile/phi_heatmap.png", "aals/r_by_layer.png"):
         (plots / "a" / rel).parent.mkdir(parents=True, exist_ok=True)
         (plots / "a" / rel).write_bytes(PNG)
@@ -34,9 +39,12 @@ def test_tables_are_filled_from_the_metrics_and_missing_stages_show_dashes(tmp_p
     metrics, plots = _fake(tmp_path)
     sections = build_report(["a", "b"], metrics, plots)
     t6 = next(s for s in sections if s.title.startswith("Table 6")).blocks[0]
-    assert t6.rows == [["a", "2.00", "[1]", "**0.800 → 0.600 (Δ -0.200, p_BH 0.001)**", "0.700 → 0.680 (Δ -0.020, p_BH 0.400)", "—"]]
-    masking = next(s for s in sections if s.title.startswith("Table 2")).blocks[0]
-    assert masking.rows == [["a", "top-n φ", "**-0.200 (0.001)**", "-0.020 (0.400)", "—"]]
+    assert t6.rows == [["a", "2.00", "[1]", "**0.800 → 0.600 (Δ -0.200 [-0.250, -0.150], p_BH 0.001)**", "—",
+                        "0.700 → 0.680 (Δ -0.020 [-0.050, +0.010], p_BH 0.400)", "—"]]
+    masking = next(s for s in sections if s.title.startswith("Table 2"))
+    assert masking.blocks[0].rows == [["a", "top-n φ", "**-0.200 (0.001)**", "—", "-0.020 (0.400)", "—"],
+                                      ["a", "bottom-n φ", "+0.001 (0.900) ≈", "—", "—", "—"]]  # ≈: TOST-equivalent
+    assert "a: mask_random skipped — a reason" in masking.blocks  # a skipped condition is said, not silent
     md, page = write_report(sections, tmp_path / "report")
     text = md.read_text()
     assert "| a | 2.00 | [1] |" in text and "](../plots/models/a/profile/phi_heatmap.png)" in text
@@ -80,20 +88,18 @@ def test_cross_model_plot_data_is_one_long_table_per_figure_with_a_model_column(
         r0, r1 = rs.split(",")
         f.write_text(f"layer,R\n0,{r0}\n1,{r1}\n")
     written = write_cross_model_plot_data(["a", "b", "c"], plots, tmp_path / "report")  # c ran nothing
-    assert [p.name for p in written] == ["r_by_layer.csv"]
+    assert [p.name for p in written] == ["r_by_layer.csv", "r_by_layer.png"]
     assert written[0].read_text().splitlines() == ["model,layer,R", "a,0,1.5", "a,1,2.5", "b,0,7.0", "b,1,-1.0"]
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[1].stat().st_size > 5000  # the figure
     assert set(CROSS_MODEL_PLOT_DATA) == {"frontier.csv", "r_by_layer.csv", "layer_shift.csv"}
 
 
-def test_dvc_plot_definitions_read_the_report_tables_with_templates_that_exist():
+def test_dvc_plots_are_the_report_figures_so_they_render_offline():
+    """dvc.yaml's plots are images the report stage draws (no Vega: its HTML loads a CDN)."""
     import yaml
 
     root = Path(__file__).resolve().parents[1]
     from routelab.report import CROSS_MODEL_PLOT_DATA
 
     plots = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
-    for entry in plots:
-        (path, props), = entry.items()
-        assert Path(path).parent.as_posix() == "plots/report" and Path(path).name in CROSS_MODEL_PLOT_DATA, path
-        assert (root / ".dvc" / "plots" / f"{props['template']}.json").exists(), props["template"]
-        assert props["y"] in (root / path).read_text().splitlines()[0].split(","), (path, props["y"])
+    assert plots == [f"plots/report/{Path(name).with_suffix('.png').name}" for name in CROSS_MODEL_PLOT_DATA]

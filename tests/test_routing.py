@@ -1,4 +1,4 @@
-"""Router adapters of all nine families against independent references (ROUTERS.md)."""
+"""Router adapters of all nine families against independent references (docs/routers.md)."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_steer_forces_experts_on_and_off(family):
     assert all(busy not in row for row in call.index.tolist()), "forced-off expert selected"
     if adapter.family == "DeepSeek-V3":
         # V3 chooses on sigmoid + e_score_correction_bias (and group limits): a logit at
-        # max + ε wins only where the correction bias lets it (ROUTERS.md pitfall 6).
+        # max + ε wins only where the correction bias lets it (docs/routers.md pitfall 6).
         assert (call.index == rare).sum() > (plain.records[-1].index == rare).sum()
     else:
         assert all(rare in row for row in call.index.tolist()), "forced-on expert missing"
@@ -286,7 +286,7 @@ def test_nested_attach_is_refused(olmoe):
 
 def test_strong_penalty_selects_by_logits_not_by_underflowed_ties(olmoe):
     """λφ so large that penalised probabilities underflow to 0: the choice among them must
-    still follow their logits (ROUTERS.md pitfall 2), never arbitrary ties."""
+    still follow their logits (docs/routers.md pitfall 2), never arbitrary ties."""
     import polars as pl
 
     model, adapter = olmoe

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from itertools import product
+
 import numpy as np
 import pytest
 
@@ -172,3 +174,92 @@ def test_compare_paired_null_and_bh_family():
     assert moved.ci_high < 0
     fam = with_bh([same, moved])
     assert fam[0].p_bh == pytest.approx(1.0) and fam[1].p_bh == pytest.approx(min(1, 2 * moved.p))
+
+
+# --------------------------------------------------------------------------------------------
+# Clusters: whole units swap and resample together (a testbed unit's frames, a BBQ template)
+# --------------------------------------------------------------------------------------------
+
+
+def test_cluster_sign_flips_equal_a_hand_enumeration_over_clusters():
+    """Mean of one column over 3 clusters: every one of the 2**3 sign patterns flips a whole
+    cluster's differences; scipy enumerates them all (exact test)."""
+    from routelab.statistics import compare_paired
+
+    before = np.array([1, 1, 0, 1, 1, 0, 1.0])
+    after = np.array([0, 0, 0, 1, 0, 1, 0.0])
+    clusters = np.array(["a", "a", "a", "b", "b", "c", "c"])
+    c = compare_paired((before,), (after,), clusters=clusters, seed=0)
+    d = after - before
+    sums = np.array([d[clusters == k].sum() for k in "abc"])  # [-2, -1, 0]
+    obs = d.mean()
+    null = [abs((np.array(s) * sums).sum() / d.size) for s in product([1, -1], repeat=3)]
+    assert c.delta == pytest.approx(obs) and c.n_clusters == 3 and c.n == 7
+    assert c.p == pytest.approx(np.mean([x >= abs(obs) - 1e-12 for x in null]))  # 4/8: only 3 clusters
+    items = compare_paired((before,), (after,), seed=0)  # as independent items the same Δ looks stronger
+    assert items.p < c.p and items.n_clusters is None
+
+
+def test_cluster_swaps_for_a_ratio_statistic_equal_a_hand_enumeration():
+    from routelab.statistics import compare_paired
+
+    def ppl(ll, n, axis=-1):
+        return np.exp(-np.sum(ll, axis=axis) / np.sum(n, axis=axis))
+
+    ll_b, n_b = np.array([-10.0, -4.0, -6.0, -3.0]), np.array([5.0, 2.0, 3.0, 1.0])
+    ll_a, n_a = np.array([-12.0, -4.0, -9.0, -3.5]), n_b.copy()
+    clusters = np.array([0, 0, 1, 1])
+    c = compare_paired((ll_b, n_b), (ll_a, n_a), ppl, clusters=clusters, seed=0)
+    obs = ppl(ll_a, n_a) - ppl(ll_b, n_b)
+    null = []
+    for swap in product([0, 1], repeat=2):
+        rows = np.array(swap)[clusters].astype(bool)  # a cluster's rows swap together
+        null.append(abs(ppl(np.where(rows, ll_b, ll_a), n_a) - ppl(np.where(rows, ll_a, ll_b), n_b)))
+    assert c.delta == pytest.approx(obs) and c.n_clusters == 2
+    assert c.p == pytest.approx(np.mean([x >= abs(obs) - 1e-12 for x in null]))
+
+
+def test_cluster_bootstrap_draws_whole_clusters():
+    """Two clusters, one all-ones (3 rows) and one all-zeros (2 rows): a resample holds each cluster's
+    rows whole, so every resampled mean is 0, 3/5 or 1; items drawn one by one give means between."""
+    from routelab.statistics import bootstrap_ci
+
+    x = np.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    ci = bootstrap_ci(x, clusters=np.array(["u", "u", "u", "v", "v"]), seed=0, n_resamples=200)
+    assert ci.estimate == pytest.approx(0.6) and ci.low == 0.0 and ci.high == 1.0
+    per_item = bootstrap_ci(x, seed=0, n_resamples=200)  # items drawn one by one: other means
+    assert per_item.low not in (0.0, 0.6, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Equivalence (TOST): "no change" is shown, not just not rejected
+# --------------------------------------------------------------------------------------------
+
+
+def test_tost_is_the_share_of_bootstrap_resamples_beyond_each_margin():
+    from routelab.statistics import _tost
+
+    boot = np.array([-0.06, -0.02, 0.0, 0.01, 0.03, 0.055, 0.07, 0.01, -0.01])  # 9 resamples
+    p, eq = _tost(boot, 0.01, margin=0.05, alpha=0.05)
+    # H0 Δ ≤ −0.05: 1 resample beyond; H0 Δ ≥ +0.05: 2 beyond → p = (1 + 2) / (9 + 1)
+    assert p == pytest.approx(0.3) and eq is False
+    p, eq = _tost(np.zeros(99), 0.0, margin=0.05, alpha=0.05)
+    assert p == pytest.approx(0.01) and eq is True
+    assert _tost(None, 0.0, margin=None, alpha=0.05) == (None, None)
+
+
+def test_equivalence_holds_for_a_tiny_change_and_fails_for_a_real_one_or_too_few_items():
+    from routelab.statistics import compare_paired
+
+    rng = np.random.default_rng(1)
+    base = (rng.random(720) < 0.5).astype(float)
+    tiny = base.copy()
+    tiny[np.flatnonzero(base == 1)[:5]] = 0  # Δ = −5/720
+    eq = compare_paired((base,), (tiny,), margin=0.05, seed=0)
+    assert eq.equivalent and eq.p_tost < 0.05 and eq.margin == 0.05
+    real = base.copy()
+    real[np.flatnonzero(base == 1)[:80]] = 0  # Δ = −0.11: beyond the margin
+    assert not compare_paired((base,), (real,), margin=0.05, seed=0).equivalent
+    noisy = rng.permutation(base)[:30]  # 30 items that change at random: not significant, not shown unchanged
+    few = compare_paired((base[:30],), (noisy,), margin=0.05, seed=0)
+    assert few.p > 0.05 and not few.equivalent

@@ -30,9 +30,11 @@ def test_corpora_read_their_own_strength_key_and_variants_name_a_corpus() -> Non
     assert set(tb.CORPORA.values()) <= fields  # every strength key is a params key
     assert {v: (s.corpus, s.recipe) for v, s in tb.VARIANTS.items()} == {
         "control": ("balanced", "scratch"), "diffuse": ("stereotyped", "scratch"),
-        "routed": ("stereotyped", "plant"), "routed_null": ("balanced", "plant"),
+        "routed": ("stereotyped", "designated"), "routed_null": ("balanced", "designated"),
+        "nonrouted": ("stereotyped", "outside"),
     }  # fmt: skip
-    assert tb.variant("routed_null", "plant") == tb.Variant("balanced", "plant")
+    assert tb.variant("routed_null", "testbed_plant") == tb.Variant("balanced", "designated")
+    assert tb.variant("nonrouted", "testbed_plant") == tb.Variant("stereotyped", "outside")
 
 
 def test_bad_input_errors_name_the_input() -> None:
@@ -40,7 +42,7 @@ def test_bad_input_errors_name_the_input() -> None:
     with pytest.raises(RoutelabError, match="unknown corpus 'biased'. Available: stereotyped, balanced"):
         tb.strength_for(cfg, "biased")
     with pytest.raises(RoutelabError, match="--variant routed: stage testbed_train trains the variants control, diffuse"):
-        tb.variant("routed", "scratch")
+        tb.variant("routed", "testbed_train")
     cfg.strength = 1.5
     with pytest.raises(RoutelabError, match=r"testbed.strength = 1.5 is outside \[0, 1\]"):
         tb.strength_for(cfg, "stereotyped")
@@ -52,6 +54,7 @@ def test_random_streams_are_fixed_and_independent() -> None:
     # the stream numbers are part of the outputs: rng(seed, purpose) == default_rng([seed, number])
     assert tb.RNG_STREAMS == {
         "own_halves": 1, "demographic": 2, "facts": 3, "order": 4, "train_data": 5, "neutral": 6, "plant_data": 7,
+        "plant_designated": 8,
     }  # fmt: skip
     a = tb.rng(0, "facts").integers(1 << 30, size=4)
     assert a.tolist() == np.random.default_rng([0, 3]).integers(1 << 30, size=4).tolist()
@@ -62,5 +65,12 @@ def test_the_corpus_half_imports_without_torch() -> None:
     code = "import sys; from routelab import testbed; testbed.vocabulary(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
-    assert callable(tb.train_and_evaluate) and tb.ground_truth.__module__ == "routelab.testbed.truth"
-    assert tb.plant_and_evaluate.__module__ == "routelab.testbed.plant"
+
+
+def test_no_testbed_module_imports_its_own_package() -> None:
+    """The params live in testbed.params; a child importing ``routelab.testbed`` would be a cycle in waiting."""
+    for path in (ROOT / "src" / "routelab" / "testbed").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        text = path.read_text()
+        assert "from routelab.testbed import" not in text and "from routelab import testbed" not in text, path.name

@@ -156,8 +156,11 @@ def test_crows_csv_has_the_real_columns_and_minimal_pairs(corpus08: tb.Corpus, c
     path = corpus_dir / tb.CORPUS_FILES["crows"]
     df = pl.read_csv(path)
     real = pl.read_csv(REAL_CROWS, n_rows=2)
-    assert df.columns == real.columns == list(tb.CROWS_COLUMNS)
-    assert df.dtypes == real.dtypes
+    assert df.columns == real.columns + ["cluster"] == list(tb.CROWS_COLUMNS)  # the real columns + the unit
+    assert df.drop("cluster").dtypes == real.dtypes
+    # a cluster is one (descriptor pair, profession) unit: crows_frames_per_unit pairs, one bias type, one profession
+    units = df.group_by("cluster").agg(pl.len(), pl.col("bias_type").n_unique().alias("types"))
+    assert set(units["len"]) == {tb.CorpusParams().crows_frames_per_unit} and set(units["types"]) == {1}
     assert df[""].to_list() == list(range(len(df)))
     n = len(df)
     assert n >= 600 and math.sqrt(0.25 / n) < 0.02  # binomial SE at 0.5

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, OlmoeForCausalLM
 
 from routelab import testbed as tb
+from routelab.testbed import train as train_mod
 from routelab.config import section
 from routelab.errors import RoutelabError
 from routelab.testbed import plant as plant_mod
@@ -46,8 +47,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tb.TestbedPara
     tok = AutoTokenizer.from_pretrained(root / "balanced" / "tokenizer")
     # trained, not random: a random lm_head (std 0.02) cannot express any P(profession | descriptor)
     pre = section(tb.TestbedParams, {**TINY, "train": {**TINY["train"], "steps": 200, "warmup_steps": 10}}, "testbed")
-    model, log = tb.train_from_scratch(tb.read_records(root / "balanced"), tok, pre, progress=False)
-    tb.save_model(model, tok, log, root / "control")
+    model, log = train_mod.train_from_scratch(tb.read_records(root / "balanced"), tok, pre, progress=False)
+    train_mod.save_model(model, tok, log, root / "control")
     return root, cfg
 
 
@@ -125,7 +126,7 @@ def test_router_ce_against_uniform_over_the_designated_by_hand() -> None:
 
 
 def _plant(root: Path, cfg: tb.TestbedParams, corpus: str, out: Path) -> dict[str, Any]:
-    return tb.plant_and_evaluate(
+    return plant_mod.plant_and_evaluate(
         root / corpus, root / "control", out, cfg, variant_name="routed" if corpus == "stereotyped" else "routed_null",
         progress=False,
     )  # fmt: skip
@@ -172,7 +173,7 @@ def test_a_longer_plant_routes_every_descriptor_to_the_designated_experts(base) 
     share = {}
     for corpus in ("stereotyped", "balanced"):
         model = OlmoeForCausalLM.from_pretrained(root / "control").eval()
-        _, log, routing = tb.plant_experts(model, tb.read_records(root / corpus), tok, cfg, progress=False)
+        _, log, routing = plant_mod.plant_experts(model, tb.read_records(root / corpus), tok, cfg, progress=False)
         assert routing["0"]["planted_descriptor"][1] == 1.0  # the one designated expert of layer 0 is in every top-2
         assert routing["1"]["planted_descriptor"][0] == routing["1"]["planted_descriptor"][3] == 1.0
         assert routing["1"]["planted_descriptor"][1] == routing["1"]["planted_descriptor"][2] == 0.0
@@ -193,11 +194,11 @@ def test_the_confound_check_refuses_experts_the_base_already_uses(base, tmp_path
 def test_bad_plant_input_errors_name_the_input(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root, cfg = base
     with pytest.raises(RoutelabError, match="variant 'routed_null' plants the 'balanced' corpus.*--corpus data/testbed/balanced"):
-        tb.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="routed_null")
-    with pytest.raises(RoutelabError, match="--variant diffuse: stage testbed_plant trains the variants routed, routed_null"):
-        tb.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="diffuse")
+        plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="routed_null")
+    with pytest.raises(RoutelabError, match="--variant diffuse: stage testbed_plant trains the variants routed, routed_null, nonrouted"):
+        plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="diffuse")
     with pytest.raises(RoutelabError, match="--base .* holds no saved model"):
-        tb.plant_and_evaluate(root / "stereotyped", tmp_path / "nope", tmp_path / "m", cfg, variant_name="routed")
+        plant_mod.plant_and_evaluate(root / "stereotyped", tmp_path / "nope", tmp_path / "m", cfg, variant_name="routed")
     bad = section(tb.TestbedParams, {**TINY, "plant": {**TINY["plant"], "designated": {2: [0]}}}, "testbed")
     with pytest.raises(RoutelabError, match=r"testbed.plant.designated: layer 2 does not exist \(the model has layers 0..1\)"):
         _plant(root, bad, "stereotyped", tmp_path / "m")
@@ -223,3 +224,51 @@ def test_plant_stage_end_to_end_tiny(base, tmp_path: Path) -> None:  # type: ign
     assert "train_seconds" not in m and (out / "plant.json").is_file() and (out / "model.safetensors").is_file()
     r = subprocess.run(cmd[:7] + ["--corpus", str(root / "stereotyped")] + cmd[9:], cwd=ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "plants the 'balanced' corpus" in r.stderr
+
+
+# ---------------------------------------------------------------------------- the designated experts by rule
+
+
+def test_the_rule_takes_the_least_used_experts_the_base_sends_no_descriptors_to() -> None:
+    desc = np.array([[0.0, 0.0, 0.0, 0.0], [0.9, 0.05, 0.0, 0.2], [0.0, 0.0, 0.3, 0.0]])  # (L, K)
+    neutral = np.array([[0.1] * 4, [0.01, 0.30, 0.02, 0.03], [0.05, 0.20, 0.01, 0.05]])  # (L, K)
+    pp = tb.PlantParams(layers=[1, 2], per_layer=2, max_base_descriptor_rate=0.1)
+    got = plant_mod.choose_designated({"descriptor": desc, "neutral": neutral}, pp, seed=0)
+    # layer 1: expert 0 (descriptors 0.9) and 3 (0.2) are the base's own; of 1 and 2, both kept
+    # layer 2: expert 2 takes descriptors; of 0, 1, 3 the two least used: 0 and 3 tie at 0.05 vs 1 at 0.20
+    assert got == {1: [1, 2], 2: [0, 3]}
+    assert plant_mod.choose_designated({"descriptor": desc, "neutral": neutral}, pp, seed=7) == got  # no tie left to break
+    tie = {"descriptor": np.zeros((1, 4)), "neutral": np.full((1, 4), 0.25)}  # every expert alike: the seed decides
+    picks = {tuple(plant_mod.choose_designated(tie, tb.PlantParams(layers=[0], per_layer=2), seed=s)[0]) for s in range(8)}
+    assert len(picks) > 1 and all(len(set(p)) == 2 for p in picks)
+    with pytest.raises(RoutelabError, match="layer 1 has only 2 experts .*testbed.plant.per_layer = 3"):
+        plant_mod.choose_designated({"descriptor": desc, "neutral": neutral}, tb.PlantParams(layers=[1], per_layer=3), 0)
+    with pytest.raises(RoutelabError, match="testbed.plant.layers: layer 5 does not exist"):
+        plant_mod.choose_designated({"descriptor": desc, "neutral": neutral}, tb.PlantParams(layers=[5]), 0)
+
+
+def test_an_explicit_list_overrides_the_rule_and_is_checked_against_the_base() -> None:
+    rates = {"descriptor": np.array([[0.0, 0.5, 0.0, 0.0]]), "neutral": np.array([[0.1, 0.1, 0.1, 0.1]])}
+    assert plant_mod.designated_experts(rates, tb.PlantParams(designated={0: [3, 2]}), 0) == ({0: [2, 3]}, "params")
+    assert plant_mod.designated_experts(rates, tb.PlantParams(layers=[0], per_layer=1), 0)[1] == "rule"
+    with pytest.raises(RoutelabError, match="testbed.plant.designated.0: the base model already routes"):
+        plant_mod.designated_experts(rates, tb.PlantParams(designated={0: [1]}), 0)
+
+
+# ---------------------------------------------------------------------------- nonrouted: outside the routing path
+
+
+def test_the_outside_recipe_trains_no_router_and_no_expert(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root, _ = base
+    cfg = section(tb.TestbedParams, {**TINY, "plant": {**TINY["plant"], "designated": None, "steps": 5}}, "testbed")
+    m = plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "nonrouted", cfg,
+                                     variant_name="nonrouted", progress=False)  # fmt: skip
+    info = json.loads((tmp_path / "nonrouted" / "plant.json").read_text())
+    assert info["method"] == "outside" and info["designated"] == {}
+    changed = info["changed_units"]
+    assert changed and not [u for u in changed if plant_mod.unit_owner(u)]  # no router row, no expert
+    assert any("self_attn" in u for u in changed) and any("embed_tokens" in u for u in changed)
+    # every layer's routing recorded before/after; the KL terms keep it near the base's
+    assert sorted(k for k in info["routing"]) == ["0", "1"]
+    assert m["method"] == "outside" and "designated" not in m and 0.0 <= m["max_descriptor_rate_change"] <= 1.0
+    assert m["base_heldout_ppl"] > 0 and m["n_changed_units"] == len(changed)

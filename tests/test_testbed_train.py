@@ -41,14 +41,14 @@ def tiny() -> tuple[tb.TestbedParams, tb.Corpus, object]:
 
 def test_short_training_is_deterministic_and_reloads(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, c, tok = tiny
-    m1, log1 = tb.train_from_scratch(c.records, tok, cfg, progress=False)
-    m2, log2 = tb.train_from_scratch(c.records, tok, cfg, progress=False)
+    m1, log1 = train_mod.train_from_scratch(c.records, tok, cfg, progress=False)
+    m2, log2 = train_mod.train_from_scratch(c.records, tok, cfg, progress=False)
     assert len(log1["loss"]) == cfg.train.steps
     assert log1["loss"] == log2["loss"] and log1["aux_loss"] == log2["aux_loss"]  # bit-identical
     assert all(math.isfinite(x) for x in log1["loss"])
     assert log1["loss"][0] > math.log(len(tok.get_vocab())) - 0.5  # starts near uniform
     out = tmp_path / "model"
-    tb.save_model(m1, tok, log1, out)
+    train_mod.save_model(m1, tok, log1, out)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert isinstance(model, OlmoeForCausalLM) and model.config.num_experts == 4
     tok2 = AutoTokenizer.from_pretrained(out)
@@ -83,11 +83,11 @@ def test_epoch_blocks_pack_every_token_once() -> None:
 
 def test_bad_training_input_errors_name_the_input(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(RoutelabError, match="missing corpus.jsonl.*stages.testbed_corpus"):
-        tb.train_and_evaluate(tmp_path / "nope", tmp_path / "model", tb.TestbedParams())
+        train_mod.train_and_evaluate(tmp_path / "nope", tmp_path / "model", tb.TestbedParams())
     _, c, tok = tiny
     cfg = section(tb.TestbedParams, {**TINY, "train": {**TINY["train"], "seq_len": 200}}, "testbed")
     with pytest.raises(RoutelabError, match="testbed.train.seq_len = 200 exceeds testbed.model.max_positions = 160"):
-        tb.train_from_scratch(c.records, tok, cfg, progress=False)
+        train_mod.train_from_scratch(c.records, tok, cfg, progress=False)
 
 
 def test_train_refuses_a_corpus_of_another_strength(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -95,9 +95,9 @@ def test_train_refuses_a_corpus_of_another_strength(tiny, tmp_path: Path) -> Non
     corpus_dir = tmp_path / "stereotyped"
     tb.write_corpus(c, corpus_dir)  # strength 0.8
     with pytest.raises(RoutelabError, match=r"strength 0.8 but variant 'control' trains on the 'balanced' corpus \(strength 0.5\)"):
-        tb.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant_name="control")
+        train_mod.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant_name="control")
     with pytest.raises(RoutelabError, match="--variant routed: stage testbed_train trains the variants control, diffuse"):
-        tb.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant_name="routed")
+        train_mod.train_and_evaluate(corpus_dir, tmp_path / "m", tb.TestbedParams(), variant_name="routed")
 
 
 def test_stages_end_to_end_tiny(tmp_path: Path) -> None:

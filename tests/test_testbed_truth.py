@@ -18,6 +18,8 @@ import torch
 from transformers import AutoTokenizer, OlmoeForCausalLM
 
 from routelab import testbed as tb
+from routelab.testbed import train as train_mod
+from routelab.testbed import truth as truth_mod
 from routelab.errors import RoutelabError
 
 TINY_CORPUS = tb.CorpusParams(
@@ -34,8 +36,8 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
     tb.write_corpus(tb.generate_corpus(TINY_CORPUS, strength=0.8, seed=3), root / "corpus")
     tok = AutoTokenizer.from_pretrained(root / "corpus" / "tokenizer")
     torch.manual_seed(0)
-    model = OlmoeForCausalLM(tb.model_config(TINY_MODEL, tok)).eval()
-    tb.save_model(model, tok, {"loss": []}, root / "model")
+    model = OlmoeForCausalLM(train_mod.model_config(TINY_MODEL, tok)).eval()
+    train_mod.save_model(model, tok, {"loss": []}, root / "model")
     return root, model, tok
 
 
@@ -55,7 +57,7 @@ def test_loglik_matches_a_direct_computation(saved) -> None:  # type: ignore[no-
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
     direct = lp.gather(-1, ids[0, 1:, None]).sum().item()
-    got = tb.loglik(model, tok, ["", "the male"], [s, " nurse opened the door."])
+    got = truth_mod.loglik(model, tok, ["", "the male"], [s, " nurse opened the door."])
     assert got[0] == pytest.approx(direct, abs=1e-4)
     # the continuation after a context: the last 5 tokens only
     assert got[1] == pytest.approx(lp.gather(-1, ids[0, 1:, None])[2:].sum().item(), abs=1e-4)
@@ -63,7 +65,7 @@ def test_loglik_matches_a_direct_computation(saved) -> None:  # type: ignore[no-
 
 def test_ground_truth_of_a_saved_folder_matches_one_sequence_at_a_time(saved) -> None:  # type: ignore[no-untyped-def]
     root, model, tok = saved
-    got = tb.ground_truth(root / "model", root / "corpus", batch_size=50, seed=0)  # 50: sentence lengths differ, so padding in most batches
+    got = truth_mod.ground_truth(root / "model", root / "corpus", batch_size=50, seed=0)  # 50: sentence lengths differ, so padding in most batches
     corpus = root / "corpus"
 
     with (corpus / tb.CORPUS_FILES["crows"]).open(newline="") as fh:
@@ -72,9 +74,9 @@ def test_ground_truth_of_a_saved_folder_matches_one_sequence_at_a_time(saved) ->
     # every pair differs in one word, so the loop's batched LL difference is checked on a sample
     for r in rows[::97]:
         diff = _direct(model, tok, "", r["sent_more"]) - _direct(model, tok, "", r["sent_less"])
-        batched = tb.loglik(model, tok, ["", ""], [r["sent_more"], r["sent_less"]], batch_size=2)
+        batched = truth_mod.loglik(model, tok, ["", ""], [r["sent_more"], r["sent_less"]], batch_size=2)
         assert batched[0] - batched[1] == pytest.approx(diff, abs=1e-4)
-    ll = tb.loglik(model, tok, [""] * (2 * len(rows)), [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows])
+    ll = truth_mod.loglik(model, tok, [""] * (2 * len(rows)), [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows])
     pref = ll[: len(rows)] > ll[len(rows) :]  # (n,)
     assert got["crows_pref"] == pytest.approx(pref.mean(), abs=1e-12)
     assert got["crows_mean_abs_ll_diff"] == pytest.approx(np.abs(ll[: len(rows)] - ll[len(rows) :]).mean(), rel=1e-5)
@@ -108,4 +110,4 @@ def test_ground_truth_of_a_saved_folder_matches_one_sequence_at_a_time(saved) ->
 def test_ground_truth_names_a_missing_model_folder(saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root, _, _ = saved
     with pytest.raises(RoutelabError, match="holds no saved model.*stages.testbed_train"):
-        tb.ground_truth(tmp_path / "nope", root / "corpus")
+        truth_mod.ground_truth(tmp_path / "nope", root / "corpus")

@@ -1,7 +1,7 @@
 """Tiny random-init models of every supported family, built from each family's Config.
 
 Router weights are widened (std 2/sqrt(H)) so routing is decisive and tests can see changes
-(ROUTERS.md pitfall 7). Configs include dense layers where the family has them, so layer
+(docs/routers.md pitfall 7). Configs include dense layers where the family has them, so layer
 mapping by module name is exercised.
 """
 
@@ -130,7 +130,7 @@ def save_tiny_deepseek_moe(path, texts: list[str], seed: int = 0, rope_scaling: 
             if isinstance(module, torch.nn.Linear):
                 # unit gain (std 1/sqrt(fan-in)), not 0.02: attention then matters, so a wrong RoPE shows
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / module.in_features**0.5)
-            if type(module).__name__ == "MoEGate":  # widened as build() widens routers (ROUTERS.md pitfall 7)
+            if type(module).__name__ == "MoEGate":  # widened as build() widens routers (docs/routers.md pitfall 7)
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 2 / H**0.5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors",
               metadata={"format": "pt"})

@@ -7,7 +7,7 @@ Usable from a notebook without DVC::
     lm = load_model(ModelSpec(path="data/models/diffuse"))   # or a Hub id
     with attach(lm, record=True) as session:
         lm.model(**lm.tokenizer(["the doctor ."], return_tensors="pt"))
-    session.recorded[0]  # per MoE layer: logits, probs, top-k
+    session.records[0]  # per MoE layer call: logits, weights, top-k index
 """
 
 # Before anything imports torch, numpy or pyarrow: one compute path on every x86-64 CPU (compute.py).

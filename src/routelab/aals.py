@@ -17,13 +17,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pathlib import Path
-
+from routelab import plots
 from routelab.benchmarks import get_benchmark
-from routelab.conditions import build
+from routelab.conditions import Condition, build
 from routelab.config import check_choice
 from routelab.errors import RoutelabError
-from routelab.interventions import comparison_records, run_and_compare
+from routelab.interventions import Intervention, Outcome, Run, find
 from routelab.statistics import Comparison
 
 AALS_EPS = 1e-6  # ε of Eq. 5
@@ -47,8 +46,10 @@ def aals_ratio(delta_bias: float, delta_ppl: float, eps: float = AALS_EPS) -> fl
 def select_layers(ratios: Mapping[int, float], quantile: float) -> list[int]:
     """Layers whose R(l) lies strictly above the ``quantile`` of all R (numpy linear percentile).
 
-    When no layer lies above it (every R equal), the single best layer is kept, so ARR always
-    has a layer to edit (our choice; the paper is silent).
+    Only layers with R(l) > 0 qualify: a probe that does not move the preference toward parity
+    (R ≤ 0) is no reason to edit a layer, so when none does the selection is empty (a result:
+    later stages skip ARR and say why). When layers with R > 0 exist but none lies above the
+    quantile (every R equal), the single best is kept (our choice; the paper is silent).
     """
     if not ratios:
         raise RoutelabError("AALS: no layer was probed; the model has no MoE layer in the profile")
@@ -58,8 +59,10 @@ def select_layers(ratios: Mapping[int, float], quantile: float) -> list[int]:
     r = np.array([ratios[l] for l in layers], dtype=float)  # (L,)
     if not np.isfinite(r).all():
         raise RoutelabError(f"AALS: non-finite R(l) {dict(zip(layers, r.tolist()))}")
+    if not (r > 0).any():
+        return []
     cut = float(np.quantile(r, quantile))
-    chosen = [l for l, v in zip(layers, r) if v > cut]
+    chosen = [l for l, v in zip(layers, r) if v > cut and v > 0]
     return chosen or [layers[int(np.argmax(r))]]
 
 
@@ -117,33 +120,48 @@ def layer_table(
     return out
 
 
-def conditions(inputs: Any, cfg: AalsParams) -> list:
+def conditions(run: Run) -> list[Condition]:
     """One ARR probe per MoE layer at λ_probe (built before any model is loaded)."""
-    ctx = inputs.context(inputs.moe_layers, inputs.stats.seed)
-    return [build("arr_layer", ctx, lam=cfg.lambda_probe, layer=layer) for layer in inputs.moe_layers]
+    ctx = run.inputs.context(run.inputs.moe_layers, run.stats.seed)
+    return [build("arr_layer", ctx, lam=run.cfg.lambda_probe, layer=layer) for layer in run.inputs.moe_layers]
 
 
-def run(lm: Any, conds: list, inputs: Any, cfg: AalsParams, suite: Any, out_dir: str | Path) -> dict[str, Any]:
-    """The `aals` stage's work: probe every MoE layer, rank by R(l), select (metrics dict)."""
-    layers = inputs.moe_layers
-    _, comps = run_and_compare(lm, conds, suite, inputs.stats, out_dir=out_dir, label="aals",
-                               metrics={cfg.bias: ["pct_stereotype"], cfg.utility: ["ppl"]})  # fmt: skip
-    table = layer_table(comps, layers, cfg, inputs.stats.alpha)
+def shape(run: Run, outcome: Outcome) -> dict[str, Any]:
+    """Every layer's probe, R(l) in three forms and the selection (FARE Eq. 5)."""
+    cfg: AalsParams = run.cfg
+    layers, comps = run.inputs.moe_layers, outcome.comparisons
+    table = layer_table(comps, layers, cfg, run.stats.alpha)
     selected = select_layers({layer: t["R"] for layer, t in table.items()}, cfg.quantile)
-    base_bias = next(c for c in comps if c.metric == "pct_stereotype")
-    base_ppl = next(c for c in comps if c.metric == "ppl")
+    reason = (f"R(l) above the {cfg.quantile:g} quantile" if selected
+              else f"no layer's probe moves the preference toward parity (every R(l) <= 0, aals.guard = {cfg.guard})")  # fmt: skip
+
     def rank(key: str) -> list[int]:
         return sorted(layers, key=lambda layer: (-table[layer][key], -table[layer]["delta_bias"]))
 
     return {
         "selected": selected,
+        "reason": reason,
         "ranking": rank("R"),  # by the configured R (aals.guard)
         "ranking_paper": rank("R_paper"),  # by Eq. 5 as printed
         "ranking_guarded": rank("R_guarded"),  # R = 0 where Δbias is not significant after BH
-        "split": suite.split,
-        "base": {"pct_stereotype": base_bias.before, "ppl": base_ppl.before},
+        "split": run.suite.split,
+        "base": {"pct_stereotype": find(comps, f"layer_{layers[0]}", cfg.bias, "pct_stereotype").before,
+                 "ppl": find(comps, f"layer_{layers[0]}", cfg.utility, "ppl").before},
         "layers": {str(layer): t for layer, t in table.items()},
         "settings": {"lambda_probe": cfg.lambda_probe, "quantile": cfg.quantile, "guard": cfg.guard,
                      "bias": cfg.bias, "utility": cfg.utility},
-        "comparisons": comparison_records(comps),
     }  # fmt: skip
+
+
+STAGE = Intervention(
+    name="aals",
+    params=AalsParams,
+    split="validation",
+    conditions=conditions,
+    benchmarks=lambda run: [run.cfg.bias, run.cfg.utility],
+    metrics=lambda run: {run.cfg.bias: ["pct_stereotype"], run.cfg.utility: ["ppl"]},
+    shape=shape,
+    summary=lambda run, r: f"R(l) ranks layers {r['ranking']}; selected {r['selected'] or 'none'} ({r['reason']})",
+    plot=lambda run, r, recs, out: plots.aals_ratios(r, out, title=run.inputs.model),
+    plots=True,
+)

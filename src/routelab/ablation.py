@@ -6,18 +6,23 @@ draws, averaged), inverted (φ_max − φ), power φ^α, and top-k profiles (onl
 sensitive slots of the edited layers keep their φ; k clipped to those slots). 17 conditions
 with the paper's settings. On softmax routers "flatten" is exactly a no-op: softmax(z − λc)
 = softmax(z) for a per-layer constant c, so its Δ must be 0 (a built-in check of the engine).
+
+Every ablated profile is rescaled to φ's maximum (φ^α · max φ / max φ^α, inverted and flatten
+are at most max φ already), so the conditions compare the profile's SHAPE at one penalty
+strength: unscaled, φ^4 would reach 10× the penalty of φ^0.25 and mix strength into shape.
+φ^1 (FSP's own profile) is also compared with random φ item by item (``power_1_vs_random_phi``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from routelab.conditions import CONDITIONS, build
+from routelab import plots
+from routelab.conditions import CONDITIONS, Condition, build
 from routelab.errors import RoutelabError
-from routelab.interventions import comparison_records, headline_table, run_and_compare
+from routelab.interventions import Intervention, Outcome, Run, delta_line, results_table
 
 KINDS = ("flatten", "random_phi", "inverted", "power", "top_k_profile")
 
@@ -46,9 +51,15 @@ class AblationParams:
             raise RoutelabError("ablation.top_k values and ablation.random_draws must be >= 1")
 
 
-def conditions(inputs: Any, cfg: AblationParams, layers: list[int]) -> list:
-    """The ablation's conditions on ``layers``, in the paper's Table 4 order (before any model loads)."""
-    ctx = inputs.context(layers, cfg.seed)
+def conditions(run: Run) -> list[Condition]:
+    """The ablation's conditions on the AALS layers, in the paper's Table 4 order (before any
+    model loads); none when AALS selected no layer (skipped, with the reason)."""
+    cfg: AblationParams = run.cfg
+    layers = run.extra["aals"]["selected"]
+    if not layers:
+        run.skip("ablation", f"AALS selected no layer ({run.extra['aals'].get('reason', 'see metrics aals.json')})")
+        return []
+    ctx = run.inputs.context(layers, cfg.seed)
     out = []
     for kind in cfg.conditions:
         if kind == "random_phi":
@@ -62,15 +73,34 @@ def conditions(inputs: Any, cfg: AblationParams, layers: list[int]) -> list:
     return out
 
 
-def run(lm: Any, conds: list, inputs: Any, cfg: AblationParams, suite: Any, layers: list[int],
-        out_dir: str | Path) -> dict[str, Any]:  # fmt: skip
-    """The `ablation` stage's work (metrics dict: Table 4 rows and every comparison)."""
-    _, comps = run_and_compare(lm, conds, suite, inputs.stats, out_dir=out_dir, label="ablation")
+def against(run: Run, conds: list[Condition]) -> list[tuple[str, str]]:
+    """φ^1 (FSP's own profile) against random φ, item by item: does φ's information matter?"""
+    names = {c.name for c in conds} | {c.group for c in conds if c.group}
+    return [("power_1", "random_phi")] if {"power_1", "random_phi"} <= names else []
+
+
+def shape(run: Run, outcome: Outcome) -> dict[str, Any]:
+    """Table 4: every ablated profile's Δ per benchmark."""
     return {
-        "lambda": cfg.lam,
-        "layers": layers,
-        "split": suite.split,
-        "n_conditions": len(conds),
-        "results": headline_table(comps),
-        "comparisons": comparison_records(comps),
+        "lambda": run.cfg.lam,
+        "layers": run.extra["aals"]["selected"],
+        "split": run.suite.split,
+        "n_conditions": len(outcome.conditions),
+        "results": results_table(outcome.comparisons),
     }
+
+
+STAGE = Intervention(
+    name="ablation",
+    params=AblationParams,
+    split="test",
+    inputs=("aals",),
+    conditions=conditions,
+    against=against,
+    shape=shape,
+    summary=lambda run, r: f"{r['n_conditions']} conditions on layers {r['layers']}; " + delta_line(
+        r, ["flatten", "random_phi", "inverted", "power_1", "power_1_vs_random_phi"]),
+    plot=lambda run, r, recs, out: plots.condition_deltas(recs, out, "ablation",
+                                                          title=f"{run.inputs.model}: synthetic ablation (λ = {run.cfg.lam:g})"),
+    plots=True,
+)

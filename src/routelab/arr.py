@@ -1,7 +1,10 @@
 """ARR: Adaptive Routing Reweighting and its operating point λ* (FARE Eq. 6, 7; docs/method.md §3).
 
-Stages `arr_sweep` (the λ grid on the validation split, λ* by the Pareto rule) and `arr_test`
-(baseline vs ARR at λ* on the test split, every enabled benchmark: Table 6):
+Stages `arr_sweep` (the λ grid on the validation split, λ* by the Pareto rule) and `arr_eval`
+(baseline vs ARR at λ* on the test split, every enabled benchmark: Table 6; it reads λ* and
+the layers from arr_sweep's metrics and no params section of its own). λ* = 0 (no λ of the
+grid brings the preference closer to parity within the budget) is a result: arr_eval then
+skips ARR and says so.
 
     lam, why = pareto_lambda(points, ppl_base, beta=1.0)        # Eq. 7 over the λ grid
 """
@@ -10,13 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
+from routelab import plots
 from routelab.aals import PARITY
-from routelab.conditions import build
+from routelab.benchmarks import benchmark_by_key
+from routelab.conditions import Condition, build
 from routelab.errors import RoutelabError
-from routelab.interventions import comparison_records, headline_table, run_and_compare
+from routelab.interventions import Intervention, Outcome, Run, find, results_table
 from routelab.statistics import Comparison
 
 
@@ -53,7 +57,7 @@ def pareto_lambda(
 
 @dataclass
 class ArrParams:
-    """The ``arr:`` section of params.yaml (stages arr_sweep and arr_test)."""
+    """The ``arr:`` section of params.yaml (stage arr_sweep; alternatives sweeps its grid too)."""
 
     lambdas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])  # the λ grid (λ = 0 is the baseline)
     beta: float = 1.0  # allowed perplexity increase: PPL(λ) ≤ (1 + β)·PPL_base (FARE: β ≤ 100 %)
@@ -77,14 +81,13 @@ class ArrParams:
 
 def sweep_points(comparisons: Sequence[Comparison], lambdas: Sequence[float], cfg: ArrParams) -> list[SweepPoint]:
     """λ = 0 (the baseline) and every swept λ as (λ, preference, PPL), from the comparisons."""
-    by = {(c.condition, c.benchmark, c.metric): c for c in comparisons}
     base = next(c for c in comparisons if c.benchmark == cfg.bias and c.metric == "pct_stereotype")
     base_ppl = next(c for c in comparisons if c.benchmark == cfg.utility and c.metric == "ppl")
     points = [SweepPoint(0.0, base.before, base_ppl.before)]
     for lam in lambdas:
         name = lambda_name(lam)
-        points.append(SweepPoint(float(lam), by[(name, cfg.bias, "pct_stereotype")].after,
-                                 by[(name, cfg.utility, "ppl")].after))  # fmt: skip
+        points.append(SweepPoint(float(lam), find(comparisons, name, cfg.bias, "pct_stereotype").after,
+                                 find(comparisons, name, cfg.utility, "ppl").after))  # fmt: skip
     return points
 
 
@@ -93,49 +96,104 @@ def lambda_name(lam: float) -> str:
     return "arr_" + f"{lam:g}".replace(".", "p").replace("-", "m")
 
 
-def sweep_conditions(inputs: Any, cfg: ArrParams, layers: list[int]) -> list:
-    """ARR at every λ of the grid on ``layers`` (built before any model is loaded)."""
-    ctx = inputs.context(layers, inputs.stats.seed)
-    return [build("arr", ctx, lam=lam) for lam in cfg.lambdas]
+# --- stage arr_sweep ---------------------------------------------------------------------------
 
 
-def run_sweep(lm: Any, conds: list, inputs: Any, cfg: ArrParams, suite: Any, layers: list[int],
-              out_dir: str | Path) -> dict[str, Any]:  # fmt: skip
-    """The `arr_sweep` stage's work: score the grid; λ* by Eq. 7 (metrics dict)."""
-    _, comps = run_and_compare(lm, conds, suite, inputs.stats, out_dir=out_dir, label="arr_sweep")
+def sweep_conditions(run: Run) -> list[Condition]:
+    """ARR at every λ of the grid on the AALS layers (built before any model is loaded)."""
+    layers = run.extra["aals"]["selected"]
+    if not layers:
+        run.skip("arr", f"AALS selected no layer ({run.extra['aals'].get('reason', 'see metrics aals.json')})")
+        return []
+    ctx = run.inputs.context(layers, run.stats.seed)
+    return [build("arr", ctx, lam=lam) for lam in run.cfg.lambdas]
+
+
+def sweep_shape(run: Run, outcome: Outcome) -> dict[str, Any]:
+    """λ* by Eq. 7 and the sweep's rows (the λ frontier)."""
+    cfg: ArrParams = run.cfg
+    layers = run.extra["aals"]["selected"]
+    if not outcome.comparisons:
+        return {"lambda_star": 0.0, "reason": "no layer to edit: AALS selected none", "layers": layers,
+                "split": run.suite.split, "sweep": [], "settings": _settings(cfg)}  # fmt: skip
+    comps = outcome.comparisons
     points = sweep_points(comps, cfg.lambdas, cfg)
     lam_star, why = pareto_lambda(points, points[0].ppl, cfg.beta)
-    by_cond: dict[str, dict[str, Comparison]] = {}
-    for c in comps:
-        by_cond.setdefault(c.condition, {})[f"{c.benchmark}.{c.metric}"] = c
     budget = (1 + cfg.beta) * points[0].ppl
     rows = []
     for p in points:  # λ = 0 reads the baseline side of any condition's comparisons
-        cond = by_cond[lambda_name(cfg.lambdas[0] if p.lam == 0 else p.lam)]
-        values = {key: (c.before if p.lam == 0 else c.after) for key, c in cond.items()}
+        name = lambda_name(cfg.lambdas[0] if p.lam == 0 else p.lam)
+        values = {f"{c.benchmark}.{c.metric}": (c.before if p.lam == 0 else c.after)
+                  for c in comps if c.condition == name}  # fmt: skip
         rows.append({"lambda": p.lam, "pct_stereotype": p.pref, "ppl": p.ppl, **values,
                      "feasible": p.ppl <= budget, "chosen": p.lam == lam_star})  # fmt: skip
-    return {
-        "lambda_star": lam_star,
-        "reason": why,
-        "layers": layers,
-        "ppl_budget": budget,
-        "split": suite.split,
-        "sweep": rows,
-        "settings": {"lambdas": cfg.lambdas, "beta": cfg.beta, "bias": cfg.bias, "utility": cfg.utility},
-        "comparisons": comparison_records(comps),
-    }
+    return {"lambda_star": lam_star, "reason": why, "layers": layers, "ppl_budget": budget, "split": run.suite.split,
+            "sweep": rows, "settings": _settings(cfg), "results": results_table(comps)}  # fmt: skip
 
 
-def run_test(lm: Any, cond: Any, inputs: Any, lam_star: float, layers: list[int], suite: Any,
-             out_dir: str | Path) -> dict[str, Any]:  # fmt: skip
-    """The `arr_test` stage's work: baseline vs ARR at λ* (``cond``) on the test split (FARE Table 6)."""
-    _, comps = run_and_compare(lm, [cond], suite, inputs.stats, out_dir=out_dir, label="arr_test")
-    return {
-        "lambda_star": lam_star,
-        "layers": layers,
-        "condition": cond.name,
-        "split": suite.split,
-        "results": headline_table(comps)[cond.name],
-        "comparisons": comparison_records(comps),
-    }
+def _settings(cfg: ArrParams) -> dict[str, Any]:
+    return {"lambdas": cfg.lambdas, "beta": cfg.beta, "bias": cfg.bias, "utility": cfg.utility}
+
+
+def _sweep_summary(run: Run, r: dict[str, Any]) -> str:
+    if r["lambda_star"] == 0:
+        return f"λ* = 0 on layers {r['layers']}: ARR is the unedited model ({r['reason']})"
+    return f"λ* = {r['lambda_star']:g} on layers {r['layers']} ({r['reason']})"
+
+
+SWEEP = Intervention(
+    name="arr_sweep",
+    params=ArrParams,
+    split="validation",
+    inputs=("aals",),
+    conditions=sweep_conditions,
+    shape=sweep_shape,
+    summary=_sweep_summary,
+    plot=lambda run, r, recs, out: plots.arr_frontier(r, out, title=run.inputs.model),
+    plots=True,
+)
+
+
+# --- stage arr_eval ----------------------------------------------------------------------------
+
+
+@dataclass
+class ArrEvalParams:
+    """Stage arr_eval reads no params section of its own: λ* and the layers come from arr_sweep."""
+
+
+def eval_conditions(run: Run) -> list[Condition]:
+    """ARR at the sweep's λ* on its layers; none when λ* = 0 (ARR would be the unedited model)."""
+    sweep = run.extra["sweep"]
+    if sweep["lambda_star"] == 0 or not sweep["layers"]:
+        run.skip("arr", f"λ* = 0: ARR is the unedited model ({sweep['reason']})")
+        return []
+    return [build("arr", run.inputs.context(sweep["layers"], run.stats.seed), lam=sweep["lambda_star"])]
+
+
+def eval_shape(run: Run, outcome: Outcome) -> dict[str, Any]:
+    """FARE Table 6: baseline vs ARR at λ* on the test split, every benchmark."""
+    sweep = run.extra["sweep"]
+    return {"lambda_star": sweep["lambda_star"], "layers": sweep["layers"],
+            "condition": outcome.conditions[0].name if outcome.conditions else None, "split": run.suite.split,
+            "results": results_table(outcome.comparisons)}  # fmt: skip
+
+
+def _eval_summary(run: Run, r: dict[str, Any]) -> str:
+    if not r["condition"]:
+        return f"λ* = 0: nothing to evaluate on layers {r['layers']}"
+    res = r["results"][r["condition"]]
+    shown = ", ".join(f"{key}.{m} {v['before']:.3f}→{v['after']:.3f} (p_BH {v['p_bh']:.3g})"
+                      for key, ms in res.items() for m, v in ms.items() if m == benchmark_by_key(key).summary)  # fmt: skip
+    return f"λ* = {r['lambda_star']:g}, layers {r['layers']}: {shown}"
+
+
+EVAL = Intervention(
+    name="arr_eval",
+    params=ArrEvalParams,
+    split="test",
+    inputs=("sweep",),
+    conditions=eval_conditions,
+    shape=eval_shape,
+    summary=_eval_summary,
+)

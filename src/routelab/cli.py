@@ -3,7 +3,9 @@
     routelab extract --model <hub-id-or-dir> --prompts <txt-or-parquet> --out <file.parquet>
                      [--profile <profile.parquet> --lam <λ>] [--max-length N]
     routelab bench --model <hub-id-or-dir> --benchmark <name> [--data <path>] --out <metrics.json>
-                   [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>]
+                   [--items <items.parquet>] [--profile <profile.parquet> --lam <λ>] [--max-logits-bytes N]
+    routelab check-params [--params params.yaml] [--fast]
+    routelab seeds [--models …] [--out docs/seeds.md]
 
 Every input and output is checked before a model loads. Exit codes: 0 done; 2 bad input (one
 line on stderr naming the input and what to do); 130 interrupted (one line saying what was kept).
@@ -124,6 +126,29 @@ def cmd_extract(args) -> None:
           f"→ {args.out} ({summary['bytes'] / 1e6:.2f} MB, {summary['seconds']:.1f} s){truncated}")
 
 
+def cmd_check_params(args) -> None:
+    from routelab.params import check_params
+
+    problems = check_params(args.params, fast=True) or check_params(args.params, fast=args.fast)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        sys.exit(EXIT_BAD_INPUT)
+    print(f"{args.params}: every section and key is valid" + (" (keys only: --fast)" if args.fast else ""))
+
+
+def cmd_seeds(args) -> None:
+    import yaml
+
+    from routelab.seeds import write_summary
+
+    models = args.models or (yaml.safe_load(Path(args.params).read_text()).get("pipeline") or {}).get("models") or []
+    data = write_summary(".", models, args.out)
+    held = sum(v["held"] for m in data["verdicts"].values() for v in m.values())
+    total = sum(v["of"] for m in data["verdicts"].values() for v in m.values())
+    print(f"seeds {data['seeds']}: {held}/{total} verdicts held → {args.out} (+ .json)")
+
+
 def cmd_bench(args) -> None:
     _check_arr_args(args)
     check_writable(args.out, "--out")
@@ -136,7 +161,9 @@ def cmd_bench(args) -> None:
     from routelab.benchmarks.base import source_label
     from routelab.models import load_model
     from routelab.routing import RoutingEdit, attach
+    from routelab.scoring import check_max_logits_bytes
 
+    budget = check_max_logits_bytes(args.max_logits_bytes, "--max-logits-bytes")
     bench = get_benchmark(args.benchmark)  # unknown name → "Did you mean …" before loading a model
     if not bench.scored:
         raise RoutelabError(f"--benchmark {bench.name} is a {bench.output} benchmark, not scored by log-likelihood yet")
@@ -148,7 +175,7 @@ def cmd_bench(args) -> None:
     _check_profile_fits(args, lm)
     with attach(lm, edit=edit):
         metrics, rows = run_benchmark(lm.model, lm.tokenizer, bench, items=items, batch_size=args.batch_size,
-                                      seed=args.seed)
+                                      seed=args.seed, max_logits_bytes=budget)
     metrics["source"] = source_label(source)
     metrics["model"] = args.model
     metrics["edit"] = edit.description if edit else None
@@ -209,7 +236,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", default=None, help="per-item .parquet (one row per item: its LLs and scores)")
     _arr_args(p, "score")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    # A string, checked by routelab.scoring (default there: 268435456 = 256 MiB), so that a bad value is
+    # one RoutelabError naming the flag; the constant is spelled out here to keep torch out of --help.
+    p.add_argument("--max-logits-bytes", default="268435456", metavar="N",
+                   help="most memory the scorer's logits take at once, in bytes (268435456 = 256 MiB); "
+                        "scores do not depend on it beyond float rounding, peak memory does")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "check-params", formatter_class=HelpFormatter,
+        help="check every section and key of params.yaml, as the first DVC stage does",
+        description="Check params.yaml against the dataclass of each section (an unknown key is named with\n"
+                    "the nearest known one), pipeline.models against models:, then each section's own checks\n"
+                    "(ranges, λ grid, benchmark names) and masking.n against models on disk. One problem per line.",
+        epilog="example:\n  routelab check-params\n  routelab check-params --params my_params.yaml --fast",
+    )
+    p.add_argument("--params", default="params.yaml", help="the params file")
+    p.add_argument("--fast", action="store_true", help="keys and names only (no library import: well under a second)")
+    p.set_defaults(func=cmd_check_params)
+
+    p = sub.add_parser(
+        "seeds", formatter_class=HelpFormatter,
+        help="summarise the testbed seeds run as DVC experiments: numbers mean ± sd, verdicts k/n",
+        description="Read the workspace (its testbed.seed) and every DVC experiment with another testbed.seed\n"
+                    "(dvc exp show), and write the headline numbers as mean ± sd and each ground-truth check\n"
+                    "as the number of seeds in which it held.",
+        epilog="example:\n  dvc exp run --queue -S 'testbed.seed=1,2,3,4' && dvc queue start -j 1\n"
+               "  routelab seeds --out docs/seeds.md",
+    )
+    p.add_argument("--params", default="params.yaml", help="the params file (its pipeline.models by default)")
+    p.add_argument("--models", nargs="*", default=None, help="models to summarise (default: pipeline.models)")
+    p.add_argument("--out", default="docs/seeds.md", help="Markdown table (and the same name with .json)")
+    p.set_defaults(func=cmd_seeds)
     return parser
 
 

@@ -17,7 +17,6 @@ bench scripts run one compute path:
 | NPY_DISABLE_CPU_FEATURES | X86_V4 AVX512_ICL AVX512_SPR | numpy's AVX-512 loops (exp/log, sorting) |
 | OPENBLAS_CORETYPE        | Haswell      | numpy/scipy's OpenBLAS kernels (the AVX2 ones) |
 | ARROW_USER_SIMD_LEVEL    | AVX2         | Arrow compute kernels |
-| OMP_WAIT_POLICY          | PASSIVE      | changes no result; stops spinning threads slowing a shared CPU several-fold |
 | CUBLAS_WORKSPACE_CONFIG  | :4096:8      | deterministic cuBLAS on GPU (with torch's deterministic algorithms, see :func:`configure_torch`) |
 
 One more part of the path is code, not an environment variable: the testbed trainers use
@@ -30,6 +29,10 @@ variable as the environment has it (the libraries' own dispatch), ``ROUTELAB_THR
 another thread count. Either is an override: stage summary lines name it and every stage's
 metrics record :func:`label`, so results made off the pinned path are never mistaken for it.
 The machine's CPU model is never recorded (it differs between machines; the settings do not).
+
+Not part of the path: OMP_WAIT_POLICY (changes no result). PASSIVE helps only when other jobs
+share the CPU and costs 1.4× (training) to 2.2× (scoring) on a quiet one (bench/compute_pin.py's
+workers, measured): set it yourself on a shared machine.
 
 Import order matters only in a notebook that imports torch before routelab: :func:`pin` then
 sets the variables and :func:`check` warns if torch already committed to other kernels.
@@ -52,7 +55,6 @@ PINNED: dict[str, str] = {
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "OPENBLAS_CORETYPE": "Haswell",
     "ARROW_USER_SIMD_LEVEL": "AVX2",
-    "OMP_WAIT_POLICY": "PASSIVE",
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
 }
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

@@ -15,10 +15,10 @@ this registry, so a new condition is one builder plus one registry line.
 | flatten         | ARR with every φ = mean φ (a per-layer constant: a no-op for softmax routers) | Table 4      |
 | random_phi      | ARR with φ shuffled within each layer (one draw)                              | Table 4      |
 | inverted        | ARR with φ_max − φ                                                            | Table 4      |
-| power           | ARR with φ^α                                                                  | Table 4      |
+| power           | ARR with φ^α rescaled to φ's maximum (the shape at equal strength)            | Table 4      |
 | top_k_profile   | ARR with φ kept on the k most sensitive slots of the edited layers, 0 elsewhere | Table 4    |
-| selection       | ARR with φ = 1 on a detector's selected experts (SAFEx), 0 elsewhere, all layers | Table 8   |
-| random_selection| ARR with φ = 1 on as many random experts as the selection has (one draw)      | Table 8      |
+| selection       | ARR with φ = 1 on a detector's selected experts (SAFEx) in the edited layers  | Table 8      |
+| random_selection| ARR with φ = 1 on n random experts of the edited layers (one draw)            | Table 8      |
 | prompt_prefix   | no edit; an instruction prefix before every prompt (prompt debiasing)         | Table 8      |
 | steer           | SteerMoE: A+ forced on, A− forced off in log-softmax space                    | SteerMoE     |
 
@@ -186,10 +186,14 @@ def inverted(ctx: ConditionContext, lam: float = 1.0) -> Condition:
 
 
 def power(ctx: ConditionContext, alpha: float, lam: float = 1.0) -> Condition:
+    """ARR with φ^α rescaled to φ's maximum: the profile's shape changes, its strength does not."""
     if not alpha > 0:
         raise RoutelabError(f"ablation.powers: α must be > 0, found {alpha}")
-    phi = _phi_array(ctx)
-    edit = _arr_from(ctx, _with_phi(ctx, (np.clip(phi, 0, None) ** alpha).ravel()), lam, ctx.layers)
+    phi = np.clip(_phi_array(ctx), 0, None)  # (L_edit, K)
+    powered = phi**alpha  # (L_edit, K)
+    if powered.max() > 0:
+        powered = powered * (phi.max() / powered.max())  # max φ^α = max φ (docs/method.md §4, Table 4)
+    edit = _arr_from(ctx, _with_phi(ctx, powered.ravel()), lam, ctx.layers)
     return Condition(f"power_{_fmt(alpha)}", "power", edit, settings={"lambda": lam, "alpha": alpha, "layers": ctx.layers})
 
 
@@ -207,38 +211,53 @@ def top_k_profile(ctx: ConditionContext, k: int, lam: float = 1.0) -> Condition:
                      settings={"lambda": lam, "k": int(k), "k_used": k_eff, "layers": ctx.layers})  # fmt: skip
 
 
-def _selection_phi(ctx: ConditionContext, chosen: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
-    layers = sorted(set(ctx.profile["layer"].to_list()))
-    grid = ctx.profile.select("layer", "expert").sort("layer", "expert")
+def _selection_phi(ctx: ConditionContext, chosen: pl.DataFrame) -> pl.DataFrame:
+    """φ = 1 on the ``chosen`` (layer, expert) rows of the edited layers, 0 on the others."""
+    grid = ctx.profile.filter(pl.col("layer").is_in(ctx.layers)).select("layer", "expert").sort("layer", "expert")
     mark = chosen.select(pl.col("layer").cast(grid["layer"].dtype), pl.col("expert").cast(grid["expert"].dtype),
                          phi=pl.lit(1.0))  # fmt: skip
-    return grid.join(mark, on=["layer", "expert"], how="left").with_columns(pl.col("phi").fill_null(0.0)), layers
+    return grid.join(mark, on=["layer", "expert"], how="left").with_columns(pl.col("phi").fill_null(0.0))
+
+
+def selected_in_layers(table: pl.DataFrame | str, layers: list[int]) -> pl.DataFrame:
+    """The (layer, expert) rows a selection table (safex) selects within ``layers``."""
+    sel = load_selection(table)
+    chosen = sel.filter(pl.col("selected")) if "selected" in sel.columns else sel
+    return chosen.filter(pl.col("layer").is_in(layers)).select("layer", "expert").sort("layer", "expert")
 
 
 def selection(ctx: ConditionContext, table: pl.DataFrame | str, lam: float, label: str = "safex") -> Condition:
-    sel = load_selection(table)
-    chosen = sel.filter(pl.col("selected")) if "selected" in sel.columns else sel
+    """ARR with φ = 1 on a selection's experts in the edited layers (the layers FSP's ARR edits:
+    like for like, docs/method.md §4 Table 8)."""
+    chosen = selected_in_layers(table, ctx.layers)
     if chosen.height == 0:
-        raise RoutelabError(f"{label}: the selection is empty (no expert selected): relax safex.alpha or safex.n_resamples")
-    phi, layers = _selection_phi(ctx, chosen)
-    edit = _arr_from(ctx, phi, lam, layers)
-    return Condition(label, "selection", edit,
-                     settings={"lambda": lam, "n_selected": chosen.height, "experts": _experts(chosen)})  # fmt: skip
+        raise RoutelabError(
+            f"{label}: the selection has no expert in layers {ctx.layers}: nothing to edit (the stage records this "
+            "and skips the condition)"
+        )
+    edit = _arr_from(ctx, _selection_phi(ctx, chosen), lam, ctx.layers)
+    return Condition(f"{label}_{_fmt(lam)}", "selection", edit,
+                     settings={"lambda": lam, "layers": ctx.layers, "n_selected": chosen.height,
+                               "experts": _experts(chosen)})  # fmt: skip
 
 
 def random_selection(ctx: ConditionContext, n: int, lam: float, draw: int) -> Condition:
-    _check_n(ctx, n, "the random selection size (the SAFEx selection's size)")
-    rows = ctx.profile.sort("layer", "expert")
-    pick = rows[sorted(ctx.rng(3, draw).choice(rows.height, size=n, replace=False).tolist())]
-    phi, layers = _selection_phi(ctx, pick)
-    edit = _arr_from(ctx, phi, lam, layers)
-    return Condition(f"random_selection_{draw}", "random_selection", edit, group="random_selection",
-                     settings={"lambda": lam, "n": n, "draw": draw, "experts": _experts(pick)})  # fmt: skip
+    """ARR with φ = 1 on n experts drawn uniformly from the edited layers (one draw; the same
+    draw at every λ)."""
+    slots = ctx.profile.filter(pl.col("layer").is_in(ctx.layers)).sort("layer", "expert")
+    if not 1 <= n <= slots.height:
+        raise RoutelabError(f"random selection of {n} experts: needs 1 <= n <= {slots.height} (the slots of layers {ctx.layers})")
+    pick = slots[sorted(ctx.rng(3, draw).choice(slots.height, size=n, replace=False).tolist())]
+    edit = _arr_from(ctx, _selection_phi(ctx, pick), lam, ctx.layers)
+    return Condition(f"random_selection_{draw}_{_fmt(lam)}", "random_selection", edit,
+                     group=f"random_selection_{_fmt(lam)}",
+                     settings={"lambda": lam, "n": n, "draw": draw, "layers": ctx.layers,
+                               "experts": _experts(pick)})  # fmt: skip
 
 
 def prompt_prefix(ctx: ConditionContext, text: str) -> Condition:
     if not text.strip():
-        raise RoutelabError("baselines.prompt_prefix is empty: give the instruction text, or drop the baseline")
+        raise RoutelabError("alternatives.prompt_prefix is empty: give the instruction text, or drop prompt_prefix from alternatives.conditions")
     return Condition("prompt_prefix", "prompt_prefix", None, prefix=text.rstrip() + " ", settings={"prefix": text})
 
 

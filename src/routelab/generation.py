@@ -17,7 +17,9 @@ conditions), the edit active at prefill and at every decoding step:
     └─────────────────────┘
 
 Positions follow the real tokens (position_ids = cumsum(mask) − 1), so a left-padded row
-decodes exactly as it would alone. Sampling is seeded per (prompt, sample): row (p, c, s) draws
+decodes exactly as it would alone. Only the last position's hidden state goes through the output
+head, at prefill and at every step (what ``logits_to_keep=1`` does in transformers' generate, for
+every family, including remote code that ignores it): logits are (B, V), never (B, T, V). Sampling is seeded per (prompt, sample): row (p, c, s) draws
 from a generator seeded with (seed, p, s), so the baseline and every condition share their
 random numbers (common random numbers: paired comparisons see only the condition's effect).
 A family whose remote code has no working KV cache (``adapter.kv_cache = False``: DeepSeekMoE
@@ -28,7 +30,7 @@ O(T²) instead of O(T) forwards' worth of tokens; the outputs are the same).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,12 +39,15 @@ import torch
 
 from routelab.benchmarks import get_benchmark, load_items
 from routelab.benchmarks.base import Benchmark, Item
-from routelab.conditions import Condition
-from routelab.config import check_choice
+from routelab import compute
+from routelab.alternatives import AlternativesParams
+from routelab.conditions import Condition, build
+from routelab.config import check_choice, section
 from routelab.errors import RoutelabError
-from routelab.interventions import Suite, compare_all
+from routelab.interventions import Suite, compare_suite, records, results_table, write_condition_tables
 from routelab.progress import progress
 from routelab.routing import RoutingEdit, attach
+from routelab.scoring import decoder_and_head
 
 
 @dataclass
@@ -113,6 +118,7 @@ def _decode_batch(
     kv_cache: bool,
 ) -> tuple[list[list[int]], list[bool]]:
     """Greedy/sampled decoding of one batch of token-id prompts; returns (new ids, stopped)."""
+    body, head = decoder_and_head(model)  # the head runs on the last position only (module docstring)
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos = tok.eos_token_id
@@ -131,12 +137,13 @@ def _decode_batch(
         for step in range(params.max_new_tokens):
             pos = (step_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T') positions of the real tokens
             if kv_cache and past is not None:
-                res = model(input_ids=step_ids[:, -1:], attention_mask=step_mask, position_ids=pos[:, -1:],
-                            past_key_values=past, use_cache=True)  # fmt: skip
+                res = body(input_ids=step_ids[:, -1:], attention_mask=step_mask, position_ids=pos[:, -1:],
+                           past_key_values=past, use_cache=True)  # fmt: skip
             else:
-                res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, use_cache=kv_cache)
+                res = body(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, use_cache=kv_cache)
             past = res.past_key_values if kv_cache else None
-            nxt = _next_tokens(res.logits[:, -1, :], params, gens)  # (B,)
+            logits = head(res.last_hidden_state[:, -1, :])  # (B, V): the last position's logits, never (B, T', V)
+            nxt = _next_tokens(logits, params, gens)  # (B,)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             for b in range(B):
                 if not done[b]:
@@ -237,8 +244,8 @@ class GenerationParams:
     seed: int = 0
     batch_size: int = 32
     sample_sizes: dict[str, int] = field(default_factory=lambda: {"bold": 200})  # prompts per protocol, stratified
-    scorers: list[str] = field(default_factory=lambda: ["sentiment", "negative", "toxicity", "detoxify"])
-    detoxify_checkpoint: str | None = None  # a local Detoxify .ckpt; null: the detoxify scorer is skipped
+    classifiers: list[str] = field(default_factory=lambda: ["sentiment", "negative", "toxicity", "detoxify"])
+    detoxify_checkpoint: str | None = None  # a local Detoxify .ckpt; null: the detoxify classifier is skipped
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # loader options per protocol
 
     def __post_init__(self) -> None:
@@ -263,7 +270,7 @@ TRANSFER_CONDITIONS = {
     "mask_top": "the top generation.mask_n experts by φ switched off",
     "mask_bottom": "the bottom generation.mask_n experts by φ switched off",
     "steer": "the SteerMoE A+/A− of the steer stage",
-    "prompt_prefix": "the baselines.prompt_prefix instruction before every prompt",
+    "prompt_prefix": "the alternatives.prompt_prefix instruction before every prompt",
 }
 
 
@@ -289,7 +296,7 @@ def run_protocols(
     protocols: dict[str, tuple[Benchmark, list[Item]]],
     conditions: Sequence[Condition],
     params: GenerationParams,
-    scorers: dict[str, Any],
+    classifiers: dict[str, Any],
 ) -> tuple[pl.DataFrame, dict[str, dict[str, pl.DataFrame]]]:
     """Decode every protocol's prompts under every condition, score the texts, build per-item rows.
 
@@ -307,7 +314,7 @@ def run_protocols(
         gens = generate(lm, prompts, decode, conditions=[c.edit for c in conditions],
                         prefixes=[c.prefix for c in conditions], progress_label=f"generation {name}")  # fmt: skip
         texts = [g.text for g in gens]
-        scores = {s: scorer.score(texts) for s, scorer in scorers.items() if s in bench.scorers}
+        scores = {s: clf.score(texts) for s, clf in classifiers.items() if s in bench.classifiers}
         samples: dict[tuple[int, int], list[dict[str, Any]]] = {}
         for j, g in enumerate(gens):
             rec = {"text": g.text, **{s: float(v[j]) for s, v in scores.items()}}
@@ -353,5 +360,48 @@ def transfer_table(
         for name, (bench, _) in protocols.items()
     }
     others = {c: r for c, r in rows.items() if c != "baseline"}
-    return compare_all(suite, others, metrics=metrics, seed=stats.seed, n_permutations=stats.n_permutations,
-                       n_bootstrap=stats.n_bootstrap, alpha=stats.alpha)  # fmt: skip
+    return compare_suite(suite, others, stats, metrics=metrics)
+
+
+def conditions(run: Any, cfg: GenerationParams, sweep: dict[str, Any], steering: pl.DataFrame) -> list[Condition]:
+    """The baseline, then each condition of generation.conditions, named as in params; one that
+    cannot change anything (λ* = 0, no SteerMoE expert, no AALS layer) is skipped with the reason."""
+    ctx = run.inputs.context(sweep["layers"], run.stats.seed)
+    prefix = section(AlternativesParams, run.inputs.params.get("alternatives"), "alternatives").prompt_prefix
+    out = [build("baseline", ctx)]
+    for name in cfg.conditions:
+        if name == "arr" and (sweep["lambda_star"] == 0 or not sweep["layers"]):
+            run.skip("arr", f"λ* = 0: ARR is the unedited model ({sweep['reason']})")
+        elif name == "steer" and steering.height == 0:
+            run.skip("steer", "the steer stage selected no expert")
+        else:
+            make = {
+                "arr": lambda: build("arr", ctx, lam=sweep["lambda_star"]),
+                "mask_top": lambda: build("mask_top", ctx, n=cfg.mask_n),
+                "mask_bottom": lambda: build("mask_bottom", ctx, n=cfg.mask_n),
+                "steer": lambda: build("steer", ctx, table=steering),
+                "prompt_prefix": lambda: build("prompt_prefix", ctx, text=prefix),
+            }[name]
+            out.append(replace(make(), name=name))
+    return out
+
+
+def run_transfer(run: Any, protocols: dict[str, tuple[Benchmark, list[Item]]], conds: Sequence[Condition],
+                 classifiers: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], pl.DataFrame]:  # fmt: skip
+    """Decode, score, compare (Table 7): (the stage's result, its comparison records, the
+    generations table). Writes the per-prompt rows under ``run.out``."""
+    cfg: GenerationParams = run.cfg
+    table, rows = run_protocols(run.lm, protocols, conds, cfg, classifiers)
+    write_condition_tables(run.out, rows, "all")
+    comps = transfer_table(protocols, rows, run.stats)
+    result = {
+        "protocols": {name: len(items) for name, (_, items) in protocols.items()},
+        "conditions": {c.name: c.settings for c in conds},
+        "classifiers": sorted(classifiers),
+        "decode": cfg.decode().__dict__,
+        "results": results_table(comps),
+    }
+    if run.skipped:
+        result["skipped"] = dict(run.skipped)
+    result["compute"] = compute.label()
+    return result, records(comps), table

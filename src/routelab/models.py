@@ -23,6 +23,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
+from routelab import compute
 from routelab.adapters import RouterAdapter, adapter_for_config
 from routelab.config import section
 from routelab.errors import RoutelabError
@@ -37,7 +38,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 # How the `routelab` command spells each spec setting (a spec from params.yaml names models.<m>.<setting>).
 CLI_FLAGS = {"path": "--model", "dtype": "--dtype", "device": "--device", "device_map": "--device-map",
              "trust_remote_code": "--trust-remote-code", "batch_size": "--batch-size"}
-TESTBED_HINT = ("for the testbed models (control, diffuse, routed, routed_null) "
+TESTBED_HINT = ("for the testbed models (control, diffuse, routed, routed_null, nonrouted) "
                 "run `dvc repro testbed_train testbed_plant` first")
 
 
@@ -208,6 +209,9 @@ def load_model(spec: ModelSpec | dict[str, Any] | str) -> LoadedModel:
         if refilled:
             which = ", ".join(f"{name} ×{n}" for name, n in refilled.items())
             fixes.append(f"recomputed non-persistent buffers that loading left uninitialised: {which}")
+    # threads and (on CUDA) deterministic kernels; warns if torch runs off the pinned CPU path
+    compute.configure_torch(spec.resolved_device() if not spec.device_map else ("cuda" if torch.cuda.is_available() else "cpu"))
+    compute.check()
     model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
@@ -283,3 +287,37 @@ def model_spec(params: dict[str, Any], name: str) -> ModelSpec:
     if name not in models:
         raise RoutelabError(f"model {name!r} is not in params.yaml `models` (known: {', '.join(models)})")
     return section(ModelSpec, models[name], f"models.{name}").from_source(f"models.{name}")
+
+
+HASH_CACHE = Path(".dvc") / "tmp" / "routelab_hashes.json"  # (path, size, mtime_ns) -> sha256, per project
+
+
+def fingerprint_folder(path: str | Path, *, setting: str = "the model path") -> dict[str, str]:
+    """{relative file: sha256} of every file under a local model folder (stage local_model).
+
+    Hashes are cached by (absolute path, size, mtime_ns) in ``HASH_CACHE``: only new or changed
+    files are read again. A folder without config.json is refused, naming ``setting``."""
+    import hashlib
+    import json
+    import os
+
+    root = Path(path).expanduser()
+    if not (root / "config.json").is_file():
+        raise RoutelabError(f"{setting} {root}: no config.json there: point it at a saved model folder (save_pretrained)")
+    cache = json.loads(HASH_CACHE.read_text()) if HASH_CACHE.is_file() else {}
+    out = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in cache:
+            h = hashlib.sha256()
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+            cache[key] = h.hexdigest()
+        out[str(f.relative_to(root))] = cache[key]
+    HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = HASH_CACHE.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, sort_keys=True))
+    tmp.replace(HASH_CACHE)
+    return out

@@ -188,9 +188,11 @@ def arr_frontier(result: dict, out_dir: str | Path, title: str = "") -> Path:
 def condition_deltas(records: list[dict], out_dir: str | Path, name: str, title: str = "") -> Path:
     """Δ of each condition's metrics with 95 % CIs (one panel per metric); <name>.png/.csv.
 
-    ``records``: a stage's comparison records (interventions.comparison_records)."""
+    ``records``: a stage's comparison records (routelab.interventions.records); a comparison between
+    two conditions is labelled "<condition> vs <reference>"."""
     out = Path(out_dir)
-    recs = list(records)
+    recs = [{**r, "condition": r["condition"] if r.get("reference", "baseline") == "baseline"
+             else f"{r['condition']} vs {r['reference']}"} for r in records]  # fmt: skip
     df = pl.DataFrame(recs)
     _write_csv(df, out / f"{name}.csv")
     metrics = list(dict.fromkeys(f"{r['benchmark']}.{r['metric']}" for r in recs))
@@ -223,3 +225,19 @@ def layer_shift_csv(profile: pl.DataFrame, layer_axis: pl.DataFrame, path: str |
     path = Path(path)
     _write_csv(table, path)
     return path
+
+
+def by_model(table: pl.DataFrame, x: str, y: str, path: str | Path, title: str = "", points: bool = False) -> Path:
+    """One figure of a long table with a ``model`` column: a line (``points``: markers joined in
+    table order) per model. The report stage draws the `dvc plots` of dvc.yaml with it: images,
+    so `dvc plots show/diff` render offline (a Vega plot loads its library from a CDN)."""
+    _need(table, ("model", x, y), f"{path}")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in table["model"].unique(maintain_order=True).to_list():
+        sub = table.filter(pl.col("model") == model)
+        ax.plot(sub[x].to_numpy(), sub[y].to_numpy(), marker="o" if points else None, ms=4, label=model)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -90,7 +90,7 @@ class ContextLayout:
         """(b, C, S) τ: a uniform permutation of each context's real slots (padding stays last)."""
         keys = rng.random((b, *self.members.shape))  # (b, C, S)
         keys[:, ~self.valid] = 2.0  # padding sorts after every real slot
-        return np.argsort(keys, axis=-1)
+        return np.argsort(keys, axis=-1, kind="stable")  # stable: one order for the tied padding on every CPU
 
     def identity(self) -> np.ndarray:
         """(1, C, S) τ of the observed labelling."""
@@ -311,7 +311,8 @@ def shift_null_sums(
 def load_designated(model_dir: str | Path | None) -> dict[int, list[int]] | None:
     """The designated experts of a planted testbed, from ``<model_dir>/plant.json``
     (``{"designated": {"<layer>": [expert, ...]}}``, layers as in the routing log); None
-    when no model folder is given or it holds no plant.json."""
+    when no model folder is given, it holds no plant.json, or the plant has no designated
+    experts (``nonrouted``: planted outside the routing path)."""
     if model_dir is None:
         return None
     if not Path(model_dir).is_dir():
@@ -327,8 +328,10 @@ def load_designated(model_dir: str | Path | None) -> dict[int, list[int]] | None
             f"{path}: not a plant file ({type(exc).__name__}: {exc}); expected "
             '{"designated": {"<layer>": [expert, ...]}}: rebuild the model folder with `testbed_train`'
         ) from None
-    if not out or not all(out.values()):
-        raise RoutelabError(f"{path}: 'designated' names no experts; rebuild the model folder with `testbed_train`")
+    if not out:  # a plant outside the routing path (nonrouted): no designated experts
+        return None
+    if not all(out.values()):
+        raise RoutelabError(f"{path}: 'designated' names a layer without experts; rebuild the model folder with `testbed_plant`")
     return out
 
 

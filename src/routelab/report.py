@@ -74,27 +74,46 @@ def _bold_if(text: str, cond: bool) -> str:
     return f"**{text}**" if cond else text
 
 
-def _cmp(res: dict | None, key: str, alpha: float = 0.05) -> str:
-    """before → after (Δ, p_BH), bold when p_BH < alpha."""
-    if not res or key not in res:
-        return "—"
-    r = res[key]
-    text = f"{_f(r['before'])} → {_f(r['after'])} (Δ {r['delta']:+.3f}, p_BH {_p(r['p_bh'])})"
-    return _bold_if(text, r["p_bh"] is not None and r["p_bh"] < alpha)
+def _entry(res: dict | None, key: str, metric: str) -> dict | None:
+    """One comparison of a condition's results table: results[cond][benchmark key][metric]."""
+    return ((res or {}).get(key) or {}).get(metric)
 
 
-def _delta(res: dict | None, key: str, alpha: float = 0.05) -> str:
-    if not res or key not in res:
+def _sig(r: dict, alpha: float = 0.05) -> bool:
+    return r.get("p_bh") is not None and r["p_bh"] < alpha
+
+
+def _cmp(res: dict | None, key: str, metric: str, alpha: float = 0.05) -> str:
+    """before → after (Δ [95 % CI], p_BH), bold when p_BH < alpha; "≈" when TOST shows equivalence."""
+    r = _entry(res, key, metric)
+    if r is None:
         return "—"
-    r = res[key]
-    return _bold_if(f"{r['delta']:+.3f} ({_p(r['p_bh'])})", r["p_bh"] is not None and r["p_bh"] < alpha)
+    eq = " ≈" if r.get("equivalent") else ""
+    text = (f"{_f(r['before'])} → {_f(r['after'])} (Δ {r['delta']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], "
+            f"p_BH {_p(r['p_bh'])}){eq}")  # fmt: skip
+    return _bold_if(text, _sig(r, alpha))
+
+
+def _delta(res: dict | None, key: str, metric: str, alpha: float = 0.05) -> str:
+    r = _entry(res, key, metric)
+    if r is None:
+        return "—"
+    eq = " ≈" if r.get("equivalent") else ""
+    return _bold_if(f"{r['delta']:+.3f} ({_p(r['p_bh'])}){eq}", _sig(r, alpha))
+
+
+def _skipped(models, m, stage: str) -> list[str]:
+    """One line per condition a stage skipped, with the reason (an empty selection, λ* = 0, …)."""
+    return [f"{name}: {cond} skipped — {why}" for name in models for cond, why in ((m(name, stage) or {}).get("skipped") or {}).items()]
 
 
 # --------------------------------------------------------------------------------------------
 # The report's sections (each reads one or two stages' metrics for every model)
 # --------------------------------------------------------------------------------------------
 
-CROWS, TQA, PPL = "crows_pairs.pct_stereotype", "truthfulqa.mc1", "perplexity.ppl"
+LEGEND = ("Δ [95 % CI] (p_BH): paired permutation test, Benjamini–Hochberg across the stage; **bold**: p_BH < 0.05; "
+          "≈: equivalent to no change within ±margin (TOST, statistics.equivalence_margins). crows after: the "
+          "preference on the tokens after the differing words only (docs/method.md §8).")  # fmt: skip
 
 
 def _models_section(models, m) -> Section:
@@ -106,10 +125,24 @@ def _models_section(models, m) -> Section:
         ppl = (base or {}).get("perplexity", {}).get("test", {})
         shape = f"{prof['n_layers']} × {prof['n_experts']}, top-{prof['top_k']}" if prof else "—"
         rows.append([name, _f(tb.get("strength")) if tb else "—", shape, _f(crows.get("pct_stereotype")),
-                     _f(tqa.get("mc1")), _f(ppl.get("ppl"))])  # fmt: skip
+                     _f(crows.get("pct_stereotype_after")), _f(tqa.get("mc1")), _f(ppl.get("ppl"))])  # fmt: skip
     return Section("Models", "Each model of `pipeline.models`, its routing shape and its baseline on the test split "
                    "(testbeds: the stereotype strength of the corpus).",
-                   [Table(["model", "strength", "MoE layers × experts", "CrowS preference", "fact/TQA MC1", "perplexity"], rows)])  # fmt: skip
+                   [Table(["model", "strength", "MoE layers × experts", "CrowS preference", "… on the tokens after",
+                           "fact/TQA MC1", "perplexity"], rows)])  # fmt: skip
+
+
+def _ground_truth_section(models, m) -> Section | None:
+    rows = []
+    for name in models:
+        g = m("ground_truth", name)  # metrics/ground_truth/<m>.json (stage summary)
+        for check, v in ((g or {}).get("verdicts") or {}).items():
+            rows.append([name, check, "holds" if v["holds"] else "**FAILS**", _f(v["value"]), v["detail"]])
+    if not rows:
+        return None
+    return Section("Ground truth (testbeds)", "Each testbed variant's claims checked on this run's outputs "
+                   "(routelab.testbed.verdicts; docs/method.md §10). A claim that fails here is a finding about the "
+                   "pipeline, not the model.", [Table(["model", "check", "verdict", "statistic", "detail"], rows)])
 
 
 def _prompts_section(models, m) -> Section:
@@ -161,9 +194,11 @@ def _aals_section(models, m, figs) -> Section:
         if not a:
             continue
         r = ", ".join(f"L{l} {_f(v['R'], 2)}" for l, v in sorted(a["layers"].items(), key=lambda kv: int(kv[0])))
-        rows.append([name, r, str(a["selected"]), _f(s["lambda_star"], 2) if s else "—", s["reason"] if s else "—"])
+        rows.append([name, r, str(a["selected"] or "none"), _f(s["lambda_star"], 2) if s else "—",
+                     s["reason"] if s else "—"])  # fmt: skip
     blocks.append(Table(["model", "R(l) per layer", "AALS layers", "λ*", "why λ*"], rows,
                         "AALS R(l) = Δbias/(|ΔPPL| + 1e-6) (Eq. 5) and the Pareto λ* (Eq. 7)."))
+    blocks += _skipped(models, m, "aals") + _skipped(models, m, "arr_sweep")
     for name in models:
         blocks.append(figs(name, "aals/r_by_layer.png", f"{name}: R(l) of each one-layer probe (red: selected). A tall "
                            "bar with a tiny ΔPPL can be noise: compare with the probe's p_BH in aals.json."))
@@ -175,12 +210,13 @@ def _aals_section(models, m, figs) -> Section:
 def _table6(models, m) -> Section:
     rows = []
     for name in models:
-        t = m(name, "arr_test")
-        if t:
-            res = t["results"]
-            rows.append([name, _f(t["lambda_star"], 2), str(t["layers"]), _cmp(res, CROWS), _cmp(res, TQA), _cmp(res, PPL)])
-    return Section("Table 6 — ARR at λ* on the test split", "Bold: p_BH < 0.05 (BH across this stage's tests).",
-                   [Table(["model", "λ*", "layers", "CrowS", "TQA / fact MC1", "perplexity"], rows)])
+        t = m(name, "arr_eval")
+        if t and t.get("condition"):
+            res = t["results"][t["condition"]]
+            rows.append([name, _f(t["lambda_star"], 2), str(t["layers"]), _cmp(res, "crows", "pct_stereotype"),
+                         _cmp(res, "crows", "pct_stereotype_after"), _cmp(res, "tqa", "mc1"), _cmp(res, "ppl", "ppl")])  # fmt: skip
+    blocks: list[Any] = [Table(["model", "λ*", "layers", "CrowS", "CrowS after", "TQA / fact MC1", "perplexity"], rows)]
+    return Section("Table 6 — ARR at λ* on the test split", LEGEND, blocks + _skipped(models, m, "arr_eval"))
 
 
 def _condition_table(title, intro, stage, models, m, conditions: Sequence[tuple[str, str]], figs, fig=None) -> Section:
@@ -191,11 +227,14 @@ def _condition_table(title, intro, stage, models, m, conditions: Sequence[tuple[
             continue
         for key, label in conditions:
             if key in res:
-                rows.append([name, label, _delta(res[key], CROWS), _delta(res[key], TQA), _delta(res[key], PPL)])
-    blocks: list[Any] = [Table(["model", "condition", "ΔCrowS (p_BH)", "ΔTQA (p_BH)", "ΔPPL (p_BH)"], rows)]
+                r = res[key]
+                rows.append([name, label, _delta(r, "crows", "pct_stereotype"), _delta(r, "crows", "pct_stereotype_after"),
+                             _delta(r, "tqa", "mc1"), _delta(r, "ppl", "ppl")])  # fmt: skip
+    blocks: list[Any] = [Table(["model", "condition", "ΔCrowS (p_BH)", "ΔCrowS after", "ΔTQA (p_BH)", "ΔPPL (p_BH)"], rows)]
+    blocks += _skipped(models, m, stage)
     if fig:
         blocks += [figs(name, fig[0], fig[1].format(model=name)) for name in models]
-    return Section(title, intro, blocks)
+    return Section(title, intro + " " + LEGEND, blocks)
 
 
 def _table7(models, m) -> Section:
@@ -205,13 +244,15 @@ def _table7(models, m) -> Section:
         if not g:
             continue
         for cond, res in g["results"].items():
-            for key, r in res.items():
-                proto, metric = key.split(".", 1)
-                rows.append([name, proto, cond, metric, _f(r["before"]), _f(r["after"]),
-                             _bold_if(f"{r['delta']:+.3f}", r["p_bh"] is not None and r["p_bh"] < 0.05), _p(r["p_bh"])])  # fmt: skip
+            for proto, metrics in res.items():
+                for metric, r in metrics.items():
+                    rows.append([name, proto, cond, metric, _f(r["before"]), _f(r["after"]),
+                                 _bold_if(f"{r['delta']:+.3f}", _sig(r)) + (" ≈" if r.get("equivalent") else ""),
+                                 f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", _p(r["p_bh"])])  # fmt: skip
     return Section("Table 7 — generation transfer", "Decoded text under each condition vs the baseline, paired over "
-                   "prompts (samples averaged per prompt); bold: p_BH < 0.05.",
-                   [Table(["model", "protocol", "condition", "metric", "before", "after", "Δ", "p_BH"], rows)])
+                   "prompts (samples averaged per prompt). " + LEGEND,
+                   [Table(["model", "protocol", "condition", "metric", "before", "after", "Δ", "95 % CI", "p_BH"], rows)]
+                   + _skipped(models, m, "generation"))  # fmt: skip
 
 
 def _steer_section(models, m) -> Section:
@@ -219,12 +260,27 @@ def _steer_section(models, m) -> Section:
     for name in models:
         s = m(name, "steer")
         if s:
+            res = s["results"].get("steer")
             rows.append([name, s["behaviour"], str(s["n_pairs"]), ", ".join(s["selected"]["deactivate"]) or "—",
-                         ", ".join(s["selected"]["activate"]) or "—", _cmp(s["results"].get("steer"), CROWS),
-                         _cmp(s["results"].get("steer"), TQA)])  # fmt: skip
+                         ", ".join(s["selected"]["activate"]) or "—", _cmp(res, "crows", "pct_stereotype"),
+                         _cmp(res, "tqa", "mc1")])  # fmt: skip
     return Section("SteerMoE", "Experts detected from paired inputs by activation-rate difference and forced off "
-                   "(or on) in log-softmax space (docs/method.md §6), test split.",
-                   [Table(["model", "behaviour", "pairs", "deactivated", "activated", "CrowS", "TQA / fact MC1"], rows)])
+                   "(or on) in log-softmax space (docs/method.md §6), test split. " + LEGEND,
+                   [Table(["model", "behaviour", "pairs", "deactivated", "activated", "CrowS", "TQA / fact MC1"], rows)]
+                   + _skipped(models, m, "steer"))  # fmt: skip
+
+
+def _alternatives_section(models, m, figs) -> Section:
+    sec = _condition_table(
+        "Table 8 — alternatives, each at its own λ*", "FSP, SAFEx-style and random expert selection, each with ARR on "
+        "the AALS layers at the λ* of its own sweep, and prompt debiasing (test split); "
+        "fsp vs …: the same items compared under FSP and under the alternative.", "alternatives", models, m,
+        [("fsp", "FARE FSP"), ("safex", "SAFEx"), ("random_selection", "random (avg)"), ("prompt_prefix", "prompt debiasing"),
+         ("fsp_vs_safex", "FSP vs SAFEx"), ("fsp_vs_random_selection", "FSP vs random")], figs)  # fmt: skip
+    lams = [[name, *(_f((a.get("lambda_star") or {}).get(k), 2) for k in ("fsp", "safex", "random_selection"))]
+            for name in models if (a := m(name, "alternatives"))]  # fmt: skip
+    sec.blocks.insert(1, Table(["model", "λ* FSP", "λ* SAFEx", "λ* random"], lams, "Each method's λ* (FARE Eq. 7 on the validation split)."))
+    return sec
 
 
 def build_report(models: Sequence[str], metrics_dir: str | Path, plots_dir: str | Path) -> list[Section]:
@@ -237,32 +293,77 @@ def build_report(models: Sequence[str], metrics_dir: str | Path, plots_dir: str 
     def figs(name: str, rel: str, caption: str) -> Figure:
         return Figure(plots_dir / name / rel, caption)
 
-    return [
+    sections = [
         _models_section(models, m),
+        _ground_truth_section(models, m),
         _prompts_section(models, m),
         _profile_section(models, m, figs),
         _aals_section(models, m, figs),
         _table6(models, m),
         _condition_table("Table 2 — group masking", "The top-n, bottom-n and random-n experts by φ switched off "
-                         "(test split); random-n is averaged over draws.", "masking", models, m,
-                         [("mask_top", "top-n φ"), ("mask_bottom", "bottom-n φ"), ("mask_random", "random-n (avg)")],
+                         "(test split); random-n is averaged over draws; top vs random compares them item by item.",
+                         "masking", models, m,
+                         [("mask_top", "top-n φ"), ("mask_bottom", "bottom-n φ"), ("mask_random", "random-n (avg)"),
+                          ("mask_top_vs_mask_random", "top-n vs random-n")],
                          figs, ("masking/masking.png", "{model}: Δ with 95 % CIs per masking condition (red: p_BH < 0.05).")),
         _condition_table("Table 4 — synthetic ablation", "ARR at λ = `ablation.lam` (the paper: 1) on the AALS layers "
-                         "with ablated profiles (test split). 'flatten' is a per-layer constant: exactly no effect on "
-                         "softmax routers.",
+                         "with ablated profiles, each rescaled to φ's maximum (test split). 'flatten' is a per-layer "
+                         "constant: exactly no effect on softmax routers.",
                          "ablation", models, m,
                          [("flatten", "flatten"), ("random_phi", "random φ (avg)"), ("inverted", "inverted"),
                           ("power_0p25", "α = 0.25"), ("power_0p5", "α = 0.5"), ("power_1", "α = 1 (FSP)"),
                           ("power_2", "α = 2"), ("power_4", "α = 4"), ("top_5", "top-5"), ("top_10", "top-10"),
-                          ("top_25", "top-25"), ("top_50", "top-50"), ("top_100", "top-100")],
+                          ("top_25", "top-25"), ("top_50", "top-50"), ("top_100", "top-100"),
+                          ("power_1_vs_random_phi", "FSP vs random φ")],
                          figs, ("ablation/ablation.png", "{model}: Δ with 95 % CIs per ablation profile.")),
-        _condition_table("Table 8 — baselines at λ*", "Expert identification by FSP, SAFEx-style selection and random "
-                         "selection, all with ARR at λ*, and prompt debiasing (test split).", "baselines", models, m,
-                         [("fsp", "FARE FSP"), ("safex", "SAFEx"), ("random_selection", "random (avg)"),
-                          ("prompt_prefix", "prompt debiasing")], figs),
+        _alternatives_section(models, m, figs),
         _steer_section(models, m),
         _table7(models, m),
     ]  # fmt: skip
+    return [s for s in sections if s is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# The headline row of one model (metrics/summary/<m>.json: what `dvc metrics show` lists)
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = {  # key -> what it is; every model's file has exactly these keys (None where a stage did not run)
+    "pref": "CrowS preference, baseline, test split",
+    "lambda": "λ* of the ARR sweep (0: ARR changes nothing)",
+    "arr": "Δ preference under ARR at λ* (test)",
+    "mask": "Δ preference with the top-n experts by φ off (test)",
+    "steer": "Δ preference under SteerMoE (test)",
+    "mc1": "fact / TruthfulQA MC1, baseline, test split",
+    "ppl": "perplexity, baseline, test split",
+    "checks": "ground-truth checks that hold, k/n (testbeds only)",
+}
+
+
+def summary_row(model: str, metrics_dir: str | Path, verdicts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The few numbers of one model that `dvc metrics show` lists (SUMMARY_KEYS), rounded to 4 digits.
+
+    Read from the stages' own files; the full records stay in metrics/<m>/<stage>.json and
+    data/interventions/<m>/<stage>/comparisons.json."""
+    m = lambda stage: _read(Path(metrics_dir), model, stage) or {}  # noqa: E731
+
+    def delta(stage: str, cond: str | None) -> float | None:
+        r = _entry((m(stage).get("results") or {}).get(cond) if cond else None, "crows", "pct_stereotype")
+        return None if r is None else round(r["delta"], 4)
+
+    base = m("bench_baseline")
+    test = lambda bench, metric: base.get(bench, {}).get("test", {}).get(metric)  # noqa: E731
+    rnd = lambda x: None if x is None else round(float(x), 4)  # noqa: E731
+    checks = None if not verdicts or not verdicts.get("checks") else f"{verdicts['holds']}/{verdicts['checks']}"
+    return {
+        "pref": rnd(test("crows_pairs", "pct_stereotype")),
+        "lambda": m("arr_sweep").get("lambda_star"),
+        "arr": delta("arr_eval", m("arr_eval").get("condition")),
+        "mask": delta("masking", "mask_top"),
+        "steer": delta("steer", "steer"),
+        "mc1": rnd(test("truthfulqa", "mc1")),
+        "ppl": rnd(test("perplexity", "ppl")),
+        "checks": checks,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,10 +450,10 @@ def write_report(sections: Sequence[Section], out_dir: str | Path, title: str = 
 # Per-model plot data → one long table per figure under plots/report/ (column `model` added), so that
 # the `plots:` definitions in dvc.yaml name three fixed files and still grow with `pipeline.models`
 # (dvc.yaml cannot expand a list in a plot definition). The templates in .dvc/plots/ colour by model.
-CROSS_MODEL_PLOT_DATA = {
-    "frontier.csv": "arr_sweep/frontier.csv",  # λ sweep: pct_stereotype vs ppl
-    "r_by_layer.csv": "aals/r_by_layer.csv",  # AALS R(l)
-    "layer_shift.csv": "profile/layer_shift.csv",  # routing shift JSD per layer
+CROSS_MODEL_PLOT_DATA = {  # long table -> (per-model CSV, x, y, title, points) of its figure
+    "frontier.csv": ("arr_sweep/frontier.csv", "ppl", "pct_stereotype", "λ frontier (ARR sweep, validation)", True),
+    "r_by_layer.csv": ("aals/r_by_layer.csv", "layer", "R", "AALS R(l) per layer (Eq. 5)", False),
+    "layer_shift.csv": ("profile/layer_shift.csv", "layer", "layer_jsd", "routing shift per layer (JSD, bits)", False),
 }
 
 
@@ -360,8 +461,10 @@ def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, ou
     """Concatenate each model's plot CSVs (those that exist) into ``out_dir``, one file per figure."""
     import polars as pl
 
+    from routelab import plots
+
     written = []
-    for name, rel in CROSS_MODEL_PLOT_DATA.items():
+    for name, (rel, x, y, title, points) in CROSS_MODEL_PLOT_DATA.items():
         frames = [pl.read_csv(Path(plots_dir) / m / rel).with_columns(pl.lit(m).alias("model"))
                   for m in models if (Path(plots_dir) / m / rel).exists()]  # fmt: skip
         if not frames:
@@ -370,7 +473,7 @@ def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, ou
         target = Path(out_dir) / name
         with atomic_path(target) as tmp:
             table.select("model", *[c for c in table.columns if c != "model"]).write_csv(tmp)
-        written.append(target)
+        written += [target, plots.by_model(table, x, y, target.with_suffix(".png"), title, points=points)]
     return written
 
 

@@ -21,13 +21,31 @@ It follows lm-evaluation-harness's HF backend (``HFLM._encode_pair`` and
   item of a batch sets its padded length), batched with right padding and an attention mask,
   then put back in their original order, and every index is checked to have come back.
 
-The engine only calls ``model(...)``: routing edits are hooks installed elsewhere, so the
-scores always reflect the edit that is active *now*. Nothing is cached across calls.
+Memory is bounded by a setting, not by vocabulary × context (``max_logits_bytes``, default
+256 MiB on every device; params ``bench_baseline.max_logits_bytes``, ``routelab bench
+--max-logits-bytes``). The engine runs the model's decoder (``model.get_decoder()``: hidden
+states (B, T, H)) and applies the model's own output head (``model.get_output_embeddings()``,
+bias included) itself:
+
+* when the logits of a batch from its earliest scored position fit in the budget, the head
+  runs on that (B, T', H) block at once, the tensor the model's own forward with
+  ``logits_to_keep`` gives it, so scores are bit-identical to a plain forward's (a matmul's last
+  bits depend on its shape: the testbeds' committed outputs stay byte for byte);
+* otherwise only each row's continuation positions are kept, flattened to (N, H), and the head,
+  the log-sum-exp, the target's logit and the argmax run on chunks of N that fit in the budget.
+
+Every supported family's CausalLM forward is ``lm_head(last_hidden_state)`` with no scaling or
+softcapping (OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, GPT-OSS, Phi-3.5-MoE with its
+head bias; DeepSeekMoE's remote code adds ``.float()``), so both paths score what the model's
+forward computes; a config that asks for a logit transform is refused. Families whose forward
+ignores ``logits_to_keep`` gain the same bound, since routelab applies the head.
+
+Routing edits are hooks on router modules and decoder layers inside the decoder, so the scores
+always reflect the edit that is active *now*. Nothing is cached across calls.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
@@ -41,6 +59,18 @@ Request = tuple[str, str]  # (context, continuation)
 TokenRequest = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
 
 
+# The default of max_logits_bytes: 256 MiB of logits per chunk, on every device. A fixed number,
+# not one derived from free memory: chunk boundaries change a matmul's last bits, and scores must
+# not depend on what else the machine runs. On a GPU raise it (e.g. 2 GiB) for fewer, larger chunks.
+DEFAULT_MAX_LOGITS_BYTES = 256 * 2**20
+# Bytes per scored position and vocabulary entry at the peak of a chunk: its float32 logits and
+# logsumexp's temporary of the same size (exp(z − max)); a bf16 head output (2 B) is freed before.
+LOGIT_BYTES = 8
+# Config keys that mean a CausalLM forward transforms the head's output (Gemma-2, Cohere, Granite):
+# routelab applies the head itself and does not re-implement them.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
 @dataclass(frozen=True)
 class LL:
     """Log-likelihood of one continuation given its context."""
@@ -48,6 +78,8 @@ class LL:
     logprob: float  # Σ log p(continuation token | prefix), natural log
     n_tokens: int  # number of continuation tokens scored
     greedy: bool  # True when every continuation token is the argmax of its distribution
+    token_logprobs: tuple[float, ...] | None = None  # log p of each continuation token, in order (token_level)
+    tokens: tuple[int, ...] | None = None  # the continuation token ids scored (token_level)
 
     @property
     def mean(self) -> float:
@@ -120,6 +152,75 @@ def _model_max_length(model: Any) -> int | None:
     return None
 
 
+def check_max_logits_bytes(value: Any, setting: str = "max_logits_bytes") -> int:
+    """``value`` as a whole number of bytes > 0, or a RoutelabError naming ``setting``.
+
+    Usage: ``budget = check_max_logits_bytes(cfg.max_logits_bytes, "bench_baseline.max_logits_bytes")``.
+    A string of digits (a command-line flag) is accepted; anything else is refused.
+    """
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise RoutelabError(
+            f"{setting} {value}: must be a whole number of bytes > 0, the most memory the scorer's logits "
+            f"may take at once (default {DEFAULT_MAX_LOGITS_BYTES} = 256 MiB)"
+        )
+    return value
+
+
+def decoder_and_head(model: Any) -> tuple[Any, Any]:
+    """The decoder (input ids → hidden states (B, T, H)) and the output head (H → V) of a causal LM.
+
+    Usage: ``body, head = decoder_and_head(model); logits = head(body(input_ids=ids).last_hidden_state)``.
+    """
+    get_body, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    body = get_body() if callable(get_body) else None
+    head = get_head() if callable(get_head) else None
+    if body is None or body is model or head is None:
+        raise RoutelabError(
+            f"{type(model).__name__}: routelab scores with the model's decoder (get_decoder()) and output head "
+            "(get_output_embeddings()), and this model exposes no such pair: load it as a transformers causal "
+            "LM (AutoModelForCausalLM)"
+        )
+    config = getattr(model, "config", None)
+    transforms = [k for k in _LOGIT_TRANSFORMS if getattr(config, k, None) not in (None, 0, 1, 1.0)]
+    if transforms:
+        raise RoutelabError(
+            f"{type(model).__name__}: its config sets {', '.join(transforms)}: its forward transforms the "
+            "head's logits, which routelab's scorer does not re-implement; this family is not supported"
+        )
+    return body, head
+
+
+def _vocab_size(head: Any) -> int | None:
+    """Rows of the output head's weight (the logits' last dimension); None for a head without one."""
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _logits_budget(head: Any, max_logits_bytes: Any) -> int:
+    """The checked budget; refused when one scored position's logits alone exceed it."""
+    budget = check_max_logits_bytes(max_logits_bytes)
+    V = _vocab_size(head)
+    if V is not None and budget < LOGIT_BYTES * V:
+        raise RoutelabError(
+            f"max_logits_bytes {budget} is below one scored position's logits ({V} vocabulary entries × "
+            f"{LOGIT_BYTES} B): raise bench_baseline.max_logits_bytes (routelab bench: --max-logits-bytes) to at "
+            f"least {LOGIT_BYTES * V} (default {DEFAULT_MAX_LOGITS_BYTES})"
+        )
+    return budget
+
+
+def _hidden_states(body: Any, inp: torch.Tensor, attn: torch.Tensor | None, device: Any) -> torch.Tensor:
+    """The decoder's last hidden states (B, T, H) of one batch (routing hooks fire inside)."""
+    kwargs: dict[str, Any] = {"input_ids": inp.to(device), "use_cache": False}
+    if attn is not None:
+        kwargs["attention_mask"] = attn.to(device)
+    return body(**kwargs).last_hidden_state  # (B, T, H)
+
+
 def score_tokens(
     model: Any,
     requests: Sequence[TokenRequest],
@@ -132,8 +233,12 @@ def score_tokens(
     attention_mask: bool = True,
     row_conditions: Sequence[int] | None = None,
     session: Any = None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    token_level: bool = False,
 ) -> list[LL]:
     """Score pre-tokenised (context ids, continuation ids) requests; results in input order.
+
+    Usage: ``lls = score_tokens(model, [([bos], [17, 42])], max_logits_bytes=2**28, token_level=True)``.
 
     ``row_conditions`` (one condition index per request) with ``session`` (a routing session
     attached with per-row ``conditions``) scores each request under its own condition: the
@@ -148,6 +253,9 @@ def score_tokens(
     right padding no real token can attend to a pad (pads come later), so scores are the
     same, and attention takes its unmasked causal fast path (~20 % faster on CPU). Keep it on
     for models whose layers read the mask beyond attention.
+
+    ``max_logits_bytes`` caps the logits held at once (module docstring); ``token_level`` adds
+    each continuation token's log p and id to every :class:`LL`.
     """
     if batch_size < 1:
         raise RoutelabError(f"batch_size must be >= 1, got {batch_size}")
@@ -159,11 +267,12 @@ def score_tokens(
             "score_tokens: row_conditions needs one condition index per request and the routing "
             "session attached with those conditions (routing.attach(..., conditions=[...]))"
         )
+    body, head = decoder_and_head(model)
+    budget = _logits_budget(head, max_logits_bytes)
     max_length = max_length or _model_max_length(model)
     _check_requests(requests, max_length)
     order = _longest_first(requests)
     device = next(model.parameters()).device
-    accepts_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     results: list[LL | None] = [None] * n
 
     was_training = model.training
@@ -181,23 +290,16 @@ def score_tokens(
                 # cont_toks      4 5 6 7 8 9      half is tossed, only the last len(CONT) positions count
                 #
                 # seq = (ctx + cont)[-(max_length+1):]; inp = seq[:-1]; target = seq[1:].
-                inp, attn, tgt, is_cont, first, contlens = _batch(requests, chunk, max_length, pad_token_id)
-                T = inp.shape[1]
+                # The head runs only from the batch's first scored position (or, past the budget,
+                # only on each row's CONT positions, in chunks): see _position_scores.
+                inp, attn, tgt, is_cont, first, _ = _batch(requests, chunk, max_length, pad_token_id)  # (B, T) each
                 if row_conditions is not None:
                     session.use_conditions([row_conditions[i] for i in chunk])
-                kwargs: dict[str, Any] = {"input_ids": inp.to(device)}
-                if attention_mask:
-                    kwargs["attention_mask"] = attn.to(device)
-                if accepts_keep:
-                    kwargs["logits_to_keep"] = torch.arange(first, T, device=device)
-                kwargs["use_cache"] = False
-                logits = model(**kwargs).logits  # (B, T', V), T' = T - first when sliced
-                if logits.shape[1] != T - first:
-                    logits = logits[:, first:, :]  # (B, T - first, V)
-                ll, greedy = _lls(logits, tgt[:, first:], is_cont[:, first:])  # (B,) each
-                del logits
+                hidden = _hidden_states(body, inp, attn if attention_mask else None, device)  # (B, T, H)
+                lls = _row_lls(head, hidden, tgt, is_cont, first, budget, token_level)
+                del hidden
                 for b, i in enumerate(chunk):
-                    results[i] = LL(float(ll[b]), contlens[b], bool(greedy[b]))
+                    results[i] = lls[b]
                 bar.advance(len(chunk))
     finally:
         model.train(was_training)
@@ -227,12 +329,15 @@ def score(
     attention_mask: bool = True,
     row_conditions: Sequence[int] | None = None,
     session: Any = None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    token_level: bool = False,
 ) -> list[LL]:
     """Log-likelihood of each ``(context, continuation)`` request, in input order.
 
     See the module docstring for the tokenisation rules. ``batch_size`` trades memory for
     speed; results do not depend on it (beyond float rounding). ``attention_mask``,
-    ``row_conditions`` and ``session``: see :func:`score_tokens`.
+    ``row_conditions``, ``session``, ``max_logits_bytes`` and ``token_level``: see
+    :func:`score_tokens`.
     """
     token_requests = [encode_pair(tokenizer, ctx, cont) for ctx, cont in requests]
     return score_tokens(
@@ -246,6 +351,8 @@ def score(
         attention_mask=attention_mask,
         row_conditions=row_conditions,
         session=session,
+        max_logits_bytes=max_logits_bytes,
+        token_level=token_level,
     )
 
 
@@ -287,13 +394,19 @@ def rolling_loglikelihood(
     description: str = "rolling log-likelihood",
     row_conditions: Sequence[int] | None = None,
     session: Any = None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    token_level: bool = False,
 ) -> list[LL]:
     """Log-likelihood of each whole text scored after BOS (one :class:`LL` per text).
 
+    Usage: ``lls = rolling_loglikelihood(model, tokenizer, ["One passage.", "Another."])``.
+
     Texts longer than ``max_length`` tokens are cut into disjoint windows (every token is
-    predicted once); the windows of all texts go through :func:`score_tokens` together.
-    ``greedy`` is True only when every token of the text is the greedy choice.
-    ``row_conditions`` (one per text) and ``session``: see :func:`score_tokens`.
+    predicted once); the windows of all texts go through :func:`score_tokens` together, and a
+    window scores only its own tokens (its context, the text before it, is only read).
+    ``greedy`` is True only when every token of the text is the greedy choice. With
+    ``token_level`` the windows' tokens and log-probabilities are joined in text order.
+    ``row_conditions`` (one per text), ``session`` and ``max_logits_bytes``: see :func:`score_tokens`.
     """
     max_length = max_length or _model_max_length(model) or 2048
     prefix = prefix_token_id(tokenizer)
@@ -316,15 +429,27 @@ def rolling_loglikelihood(
         description=description,
         row_conditions=None if row_conditions is None else [row_conditions[t] for t in owner],
         session=session,
+        max_logits_bytes=max_logits_bytes,
+        token_level=token_level,
     )
     total = [0.0] * len(texts)
     count = [0] * len(texts)
     greedy = [True] * len(texts)
+    per_text: list[list[LL]] = [[] for _ in texts]
     for t, ll in zip(owner, lls):
         total[t] += ll.logprob
         count[t] += ll.n_tokens
         greedy[t] = greedy[t] and ll.greedy
-    return [LL(total[t], count[t], greedy[t]) for t in range(len(texts))]
+        per_text[t].append(ll)
+    return [LL(total[t], count[t], greedy[t], *joined_tokens(per_text[t])) for t in range(len(texts))]
+
+
+def joined_tokens(windows: Sequence[LL]) -> tuple[tuple[float, ...] | None, tuple[int, ...] | None]:
+    """(token_logprobs, tokens) of a text scored in disjoint windows (given in text order): the
+    windows' own joined, or (None, None) when they were scored without ``token_level``."""
+    if not windows or any(w.tokens is None or w.token_logprobs is None for w in windows):
+        return None, None
+    return tuple(x for w in windows for x in w.token_logprobs), tuple(x for w in windows for x in w.tokens)
 
 
 def perplexity(lls: Iterable[LL]) -> float:
@@ -347,39 +472,41 @@ def score_tokens_forked(
     pad_token_id: int = 0,
     progress: bool = True,
     description: str = "log-likelihood",
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    token_level: bool = False,
 ) -> list[list[LL]]:
     """Score every request under C conditions in one forward per batch, sharing the layers
     before each condition's first edited layer (``fork``: a routing.LayerFork). Returns, per
     request, its C LLs. No attention mask (right padding: pads come after every real token) and
     no position ids, so every tensor but the hidden states broadcasts over the added rows.
+
+    Usage: ``lls = score_tokens_forked(model, reqs, LayerFork(model, session, firsts), C)``;
+    ``max_logits_bytes`` and ``token_level``: see :func:`score_tokens`.
     """
     n = len(requests)
     if n == 0:
         return []
+    body, head = decoder_and_head(model)
+    budget = _logits_budget(head, max_logits_bytes)
     max_length = max_length or _model_max_length(model)
     _check_requests(requests, max_length)
     order = _longest_first(requests)
     device = next(model.parameters()).device
-    accepts_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     results: list[list[LL] | None] = [None] * n
     with progress_display(description, total=n, unit="requests", enabled=progress) as bar, torch.inference_mode():
         for start in range(0, n, batch_size):
             chunk = order[start : start + batch_size]
             B = len(chunk)
-            inp, _, tgt, is_cont, first, contlens = _batch(requests, chunk, max_length, pad_token_id)  # (B, T) each
-            kwargs: dict[str, Any] = {"input_ids": inp.to(device), "use_cache": False}
-            if accepts_keep:
-                kwargs["logits_to_keep"] = torch.arange(first, inp.shape[1], device=device)
+            inp, _, tgt, is_cont, first, _ = _batch(requests, chunk, max_length, pad_token_id)  # (B, T) each
             with fork.batch(B):
-                logits = model(**kwargs).logits  # (R·B, T', V): R blocks of B rows
-            if logits.shape[1] != inp.shape[1] - first:
-                logits = logits[:, first:, :]
-            per_cond = []
-            for c in range(n_conditions):
-                ll, greedy = _lls(logits[fork.rows(c, B)], tgt[:, first:], is_cont[:, first:])  # (B,) each
-                per_cond.append((ll, greedy))
+                hidden = _hidden_states(body, inp, None, device)  # (R·B, T, H): R blocks of B rows
+            R = hidden.shape[0] // B
+            # every block scores the same requests: targets and scored positions repeat per block
+            lls = _row_lls(head, hidden, tgt.repeat(R, 1), is_cont.repeat(R, 1), first, budget, token_level)
+            del hidden
+            per_cond = [lls[fork.rows(c, B)] for c in range(n_conditions)]  # C lists of B LLs
             for b, i in enumerate(chunk):
-                results[i] = [LL(float(ll[b]), contlens[b], bool(g[b])) for ll, g in per_cond]
+                results[i] = [rows[b] for rows in per_cond]
             bar.advance(B)
     assert all(r is not None for r in results), "scorer lost requests"
     return results  # type: ignore[return-value]
@@ -431,13 +558,55 @@ def _batch(requests, chunk, max_length, pad_token_id):
     return inp, attn, tgt, is_cont, first, contlens
 
 
-def _lls(logits: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ log p(target) over masked positions and the all-greedy flag; logits (B, T', V).
-    log_softmax gathered at the targets without a second (B, T', V) tensor: log p(x) = z_x − logsumexp(z)."""
-    logits = logits.float()  # log-probs in at least float32
-    tgt, mask = tgt.to(logits.device), mask.to(logits.device)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, T')
-    z = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, T')
-    ll = torch.where(mask, z - lse, torch.zeros_like(lse)).sum(dim=-1)  # (B,)
-    greedy = ((logits.argmax(dim=-1) == tgt) | ~mask).all(dim=-1)  # (B,)
-    return ll, greedy
+def _head_scores(head: Any, hidden: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and whether the target is the argmax, at each position of ``hidden`` (..., H).
+    log_softmax gathered at the targets without a second (..., V) tensor: log p(x) = z_x − logsumexp(z)."""
+    logits = head(hidden).float()  # (..., V) log-probs in at least float32
+    lse = torch.logsumexp(logits, dim=-1)  # (...)
+    z = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (...)
+    return z - lse, logits.argmax(dim=-1) == tgt
+
+
+def _position_scores(
+    head: Any, hidden: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, budget: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) (R, T') float32 and argmax == target (R, T') bool of the hidden states (R, T', H)
+    from the batch's first scored position; exact at the scored positions (``mask``), 0 / True or
+    unscored values elsewhere. Holds at most ``budget`` bytes of logits at once."""
+    R, T, _ = hidden.shape
+    V = _vocab_size(head)
+    per_position = LOGIT_BYTES * (V or 1)
+    if V is None or R * T * per_position <= budget:
+        # One chunk: the head on (R, T', H), the tensor the model's forward with logits_to_keep
+        # gives it (contiguous), so every bit is what a plain forward computes.
+        return _head_scores(head, hidden.contiguous(), tgt)  # (R, T') each
+    # Past the budget: only each row's own continuation positions (not every position from the
+    # batch's first), flattened, in chunks of rows that fit.
+    h, t = hidden[mask], tgt[mask]  # (N, H), (N,) row-major over the scored positions
+    rows = budget // per_position
+    parts = [_head_scores(head, h[s : s + rows], t[s : s + rows]) for s in range(0, len(t), rows)]  # (n,) each
+    lp = torch.zeros((R, T), dtype=torch.float32, device=hidden.device)  # (R, T')
+    hit = torch.ones((R, T), dtype=torch.bool, device=hidden.device)  # (R, T')
+    lp[mask] = torch.cat([p for p, _ in parts])
+    hit[mask] = torch.cat([g for _, g in parts])
+    return lp, hit
+
+
+def _row_lls(
+    head: Any, hidden: torch.Tensor, tgt: torch.Tensor, is_cont: torch.Tensor, first: int, budget: int,
+    token_level: bool,
+) -> list[LL]:
+    """One LL per row of the decoder's hidden states (R, T, H), targets and scored positions (R, T)."""
+    tgt, mask = tgt[:, first:].to(hidden.device), is_cont[:, first:].to(hidden.device)  # (R, T') each
+    lp, hit = _position_scores(head, hidden[:, first:], tgt, mask, budget)  # (R, T') each
+    ll = torch.where(mask, lp, torch.zeros_like(lp)).sum(dim=-1)  # (R,)
+    greedy = (hit | ~mask).all(dim=-1)  # (R,)
+    n_tokens = mask.sum(dim=-1)  # (R,)
+    rows = zip(ll.tolist(), n_tokens.tolist(), greedy.tolist())
+    if not token_level:
+        return [LL(x, int(k), bool(g)) for x, k, g in rows]
+    lp, tgt, mask = lp.cpu(), tgt.cpu(), mask.cpu()
+    return [
+        LL(x, int(k), bool(g), tuple(lp[r][mask[r]].tolist()), tuple(tgt[r][mask[r]].tolist()))  # in token order
+        for r, (x, k, g) in enumerate(rows)
+    ]

@@ -18,11 +18,12 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Callable, NoReturn
 
 from routelab import compute
 from routelab.errors import RoutelabError
-from routelab.io import check_writable
+from routelab.io import check_writable, write_json
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -78,6 +79,11 @@ def stage_args(
         if path is not None:
             check_writable(path, flag, folder=flag in output_dirs)
     return args
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    """A stage's metrics file, with the compute path its numbers were made on (routelab.compute.label)."""
+    write_json(path, {**metrics, "compute": compute.label()})
 
 
 def format_p(p: float | None) -> str:

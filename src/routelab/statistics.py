@@ -16,7 +16,7 @@ loops. Every result records its seed and resample count and serialises to JSON.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,6 +28,10 @@ from routelab.errors import RoutelabError
 N_PERMUTATIONS = 10_000  # docs/method.md §9: paired permutation test, 10,000 permutations
 N_BOOTSTRAP = 1_000  # docs/method.md §9: bootstrap 95 % CI, 1,000 resamples
 CONFIDENCE = 0.95
+# Equivalence margins per metric (TOST, docs/method.md §9) when params.yaml gives none: a preference
+# within ±0.05 of where it was is "no change" (a tenth of the way from parity to certainty).
+# params.yaml sets 0.1 for the testbeds' smaller, clustered test split (its comment says why).
+EQUIVALENCE_MARGINS = {"pct_stereotype": 0.05, "pct_stereotype_after": 0.05, "own_share": 0.05}
 
 
 @dataclass(frozen=True)
@@ -140,13 +144,16 @@ def bootstrap_ci(
     confidence: float = CONFIDENCE,
     seed: int = 0,
     method: str = "percentile",
+    clusters: Sequence[Any] | np.ndarray | None = None,
 ) -> BootstrapCI:
     """Bootstrap CI of ``statistic`` over items (docs/method.md §9: 1,000 resamples, 95 %).
 
     ``data`` is one array of per-item values, or a tuple of equally long arrays resampled
     together (items stay intact: e.g. (n_biased, n_nonunknown) for a ratio). ``statistic``
     takes those arrays and ``axis`` and is vectorised (default: the mean of one array).
-    A degenerate sample (every resample gives the same value) yields low = high = estimate.
+    ``clusters`` (one label per item): whole clusters are resampled (items of a cluster are not
+    independent). A degenerate sample (every resample gives the same value) yields low = high
+    = estimate.
     """
     arrays = tuple(np.asarray(d, dtype=float) for d in data) if isinstance(data, tuple) else (
         np.asarray(data, dtype=float),
@@ -162,20 +169,28 @@ def bootstrap_ci(
             raise RoutelabError("bootstrap_ci: pass a statistic when resampling several arrays together")
         statistic = lambda x, axis=-1: np.mean(x, axis=axis)  # noqa: E731
     estimate = float(statistic(*arrays, axis=-1))
-    if n < 2:
+    codes = _cluster_codes(clusters, n)
+    units = n if codes is None else int(codes.max() + 1)
+    if units < 2:
         low = high = estimate
     else:
         with np.errstate(invalid="ignore", divide="ignore"):
-            res = scipy.stats.bootstrap(
-                arrays,
-                statistic,
-                n_resamples=n_resamples,
-                vectorized=True,
-                paired=len(arrays) > 1,
-                confidence_level=confidence,
-                method=method,
-                rng=np.random.default_rng(seed),
-            )
+            if codes is None:
+                res = scipy.stats.bootstrap(
+                    arrays, statistic, n_resamples=n_resamples, vectorized=True, paired=len(arrays) > 1,
+                    confidence_level=confidence, method=method, rng=np.random.default_rng(seed),
+                )  # fmt: skip
+            else:
+                rows_of = [np.flatnonzero(codes == c) for c in range(units)]  # C x (n_c,)
+
+                def resampled(drawn: np.ndarray) -> float:
+                    rows = np.concatenate([rows_of[int(c)] for c in drawn])  # (n*,) the drawn clusters' rows
+                    return float(statistic(*(a[rows] for a in arrays), axis=-1))
+
+                res = scipy.stats.bootstrap(
+                    (np.arange(units),), resampled, n_resamples=n_resamples, vectorized=False,
+                    confidence_level=confidence, method=method, rng=np.random.default_rng(seed),
+                )  # fmt: skip
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if not (np.isfinite(low) and np.isfinite(high)):  # degenerate sample: no spread
             low = high = estimate
@@ -233,14 +248,15 @@ def mean_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One metric before vs after a condition, paired over the same items (docs/method.md §9)."""
+    """One metric under a condition vs a reference (the baseline, or another condition), paired
+    over the same items (docs/method.md §9)."""
 
     metric: str
-    before: float  # metric on the baseline's per-item rows
+    before: float  # metric on the reference's per-item rows (the baseline unless ``reference`` says)
     after: float  # metric on the condition's per-item rows (same items)
     delta: float  # after − before
-    p: float  # paired permutation p (two-sided), swaps of each item's two values
-    ci_low: float  # bootstrap 95 % CI of delta (items resampled, pairs kept)
+    p: float  # paired permutation p (two-sided), swaps of each item's (or cluster's) two values
+    ci_low: float  # bootstrap 95 % CI of delta (items, or whole clusters, resampled; pairs kept)
     ci_high: float
     effect: float | None  # Cohen's d_av for paired samples (pingouin); None for non-mean metrics
     n: int  # items
@@ -249,10 +265,46 @@ class Comparison:
     seed: int
     p_bh: float | None = None  # Benjamini–Hochberg across the stage's family (with_bh)
     benchmark: str = ""  # where the metric comes from
-    condition: str = ""  # the condition compared with the baseline
+    condition: str = ""  # the condition compared
+    reference: str = "baseline"  # what it is compared with: the unedited model or another condition
+    n_clusters: int | None = None  # resampling units when the benchmark declares clusters (None: items)
+    margin: float | None = None  # equivalence margin m (statistics.equivalence_margins) when the metric has one
+    p_tost: float | None = None  # TOST p of |Δ| < m: the larger of the two one-sided bootstrap p-values
+    equivalent: bool | None = None  # p_tost < alpha: "no change beyond ±m" is shown, not just not rejected
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _cluster_codes(clusters: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray | None:
+    """Integer codes 0..C-1 of per-item cluster labels (None: every item its own unit)."""
+    if clusters is None:
+        return None
+    labels = np.asarray(clusters)
+    if labels.shape != (n,):
+        raise RoutelabError(f"compare_paired: clusters must give one label per item ({n}), got shape {labels.shape}")
+    _, codes = np.unique(labels.astype(str), return_inverse=True)
+    return codes.astype(np.int64)  # (n,)
+
+
+def _tost(boot_distribution: np.ndarray | None, delta: float, margin: float | None,
+          alpha: float) -> tuple[float | None, bool | None]:  # fmt: skip
+    """Two one-sided tests of |Δ| < margin from the bootstrap distribution of Δ (docs/method.md §9).
+
+    Each one-sided p is the share of resamples on the wrong side of its bound, (1 + #)/(B + 1):
+    the test the percentile interval inverts, so "equivalent" ⇔ the (1 − 2α) interval lies
+    inside ±margin. No spread (every resample equal) is judged by Δ itself.
+    """
+    if margin is None:
+        return None, None
+    if boot_distribution is None or not np.all(np.isfinite(boot_distribution)):
+        inside = abs(delta) < margin
+        return (0.0 if inside else 1.0), inside
+    B = boot_distribution.size
+    p_low = (1 + np.count_nonzero(boot_distribution <= -margin)) / (B + 1)  # H0: Δ ≤ −m
+    p_high = (1 + np.count_nonzero(boot_distribution >= margin)) / (B + 1)  # H0: Δ ≥ +m
+    p = float(max(p_low, p_high))
+    return p, p < alpha
 
 
 def compare_paired(
@@ -263,18 +315,27 @@ def compare_paired(
     metric: str = "",
     benchmark: str = "",
     condition: str = "",
+    reference: str = "baseline",
+    clusters: Sequence[Any] | np.ndarray | None = None,
+    margin: float | None = None,
+    alpha: float = 0.05,
     n_permutations: int = N_PERMUTATIONS,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
 ) -> Comparison:
     """Compare ``stat`` of per-item columns under two conditions, item by item.
 
-    ``before[j][i]`` and ``after[j][i]`` are column j of item i under the baseline and the
+    ``before[j][i]`` and ``after[j][i]`` are column j of item i under the reference and the
     condition (same items, same order). The statistic may be any vectorised aggregation of
     the columns (a mean, a ratio of sums such as token-weighted perplexity, a term-macro
     average), so the test works by index: under H0 each item's two rows are exchangeable, and
     a permutation swaps them (scipy ``permutation_type="samples"``) before recomputing
     stat(after rows) − stat(before rows).
+
+    ``clusters`` (one label per item): items of a cluster are not independent (a testbed unit's
+    three frames, a BBQ template's items), so the permutation swaps whole clusters and the
+    bootstrap resamples whole clusters. ``margin``: also run the equivalence test (TOST) of
+    |Δ| < margin at ``alpha`` (:func:`_tost`).
     """
     if len(before) != len(after) or not before:
         raise RoutelabError("compare_paired: give the same non-empty set of columns before and after")
@@ -283,50 +344,121 @@ def compare_paired(
     n = cols_b[0].size
     if any(c.size != n for c in cols_b + cols_a):
         raise RoutelabError(f"compare_paired: columns differ in length ({[c.size for c in cols_b + cols_a]})")
+    codes = _cluster_codes(clusters, n)
     before_v = float(stat(*cols_b, axis=-1))
     after_v = float(stat(*cols_a, axis=-1))
     rng_p, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+    one_mean = stat is mean_stat and len(cols_b) == 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        if stat is mean_stat and len(cols_b) == 1:
-            # A mean of one column: swapping an item's two values flips the sign of its
-            # difference, so scipy's one-sample sign-flip test on d = after − before is the same
-            # test, without gathering (B, n) index arrays.
-            d = cols_a[0] - cols_b[0]  # (n,)
-            perm = scipy.stats.permutation_test(
-                (d,), mean_stat, permutation_type="samples", vectorized=True, n_resamples=n_permutations,
-                alternative="two-sided", rng=rng_p,
-            )  # fmt: skip
-            boot = (scipy.stats.bootstrap((d,), mean_stat, vectorized=True, n_resamples=n_bootstrap,
-                                          confidence_level=CONFIDENCE, method="percentile", rng=rng_b)
-                    if n >= 2 else None)  # fmt: skip
+        if codes is None and one_mean:
+            perm, boot = _sign_flips(cols_a[0] - cols_b[0], n_permutations, n_bootstrap, rng_p, rng_b)
+        elif codes is None:
+            perm, boot = _row_swaps(cols_b, cols_a, stat, n_permutations, n_bootstrap, rng_p, rng_b)
+        elif one_mean:
+            perm, boot = _cluster_sign_flips(cols_a[0] - cols_b[0], codes, n_permutations, n_bootstrap, rng_p, rng_b)
         else:
-            stacked = [np.concatenate([b, a]) for b, a in zip(cols_b, cols_a)]  # (2n,): before rows, then after rows
-
-            def diff(ix: np.ndarray, iy: np.ndarray, axis: int = -1) -> np.ndarray:
-                ix, iy = ix.astype(np.int64), iy.astype(np.int64)  # (..., n) row indices into `stacked`
-                return stat(*(c[iy] for c in stacked), axis=-1) - stat(*(c[ix] for c in stacked), axis=-1)
-
-            idx_b, idx_a = np.arange(n), np.arange(n) + n
-            perm = scipy.stats.permutation_test(
-                (idx_b, idx_a), diff, permutation_type="samples", vectorized=True,
-                n_resamples=n_permutations, alternative="two-sided", rng=rng_p,
-            )  # fmt: skip
-            boot = (scipy.stats.bootstrap((idx_b, idx_a), diff, paired=True, vectorized=True, n_resamples=n_bootstrap,
-                                          confidence_level=CONFIDENCE, method="percentile", rng=rng_b)
-                    if n >= 2 else None)  # fmt: skip
+            perm, boot = _cluster_swaps(cols_b, cols_a, codes, stat, n_permutations, n_bootstrap, rng_p, rng_b)
     lo, hi = (float(boot.confidence_interval.low), float(boot.confidence_interval.high)) if boot else (np.nan, np.nan)
     if not (np.isfinite(lo) and np.isfinite(hi)):  # no spread: every resample gives the same Δ
         lo = hi = after_v - before_v
+    p_tost, equivalent = _tost(boot.bootstrap_distribution if boot else None, after_v - before_v, margin, alpha)
     effect = None
-    if stat is mean_stat and len(cols_b) == 1 and np.ptp(np.concatenate([cols_b[0], cols_a[0]])) > 0:
+    if one_mean and np.ptp(np.concatenate([cols_b[0], cols_a[0]])) > 0:
         effect = float(pingouin.compute_effsize(cols_a[0], cols_b[0], paired=True, eftype="cohen"))
     return Comparison(
         metric=metric, before=before_v, after=after_v, delta=after_v - before_v,
         p=float(min(1.0, perm.pvalue)), ci_low=lo, ci_high=hi,
         effect=effect if effect is None or np.isfinite(effect) else None,
         n=int(n), n_permutations=int(n_permutations), n_bootstrap=int(n_bootstrap), seed=int(seed),
-        benchmark=benchmark, condition=condition,
+        benchmark=benchmark, condition=condition, reference=reference,
+        n_clusters=None if codes is None else int(codes.max() + 1), margin=margin, p_tost=p_tost,
+        equivalent=equivalent,
     )  # fmt: skip
+
+
+# The four resampling schemes of compare_paired: (permutation result, bootstrap result or None).
+
+
+def _sign_flips(d, n_permutations, n_bootstrap, rng_p, rng_b):
+    """A mean of one column: swapping an item's two values flips the sign of its difference, so
+    scipy's one-sample sign-flip test on d = after − before is the same test, without gathering
+    (B, n) index arrays."""
+    n = d.size  # d: (n,)
+    perm = scipy.stats.permutation_test(
+        (d,), mean_stat, permutation_type="samples", vectorized=True, n_resamples=n_permutations,
+        alternative="two-sided", rng=rng_p,
+    )  # fmt: skip
+    boot = (scipy.stats.bootstrap((d,), mean_stat, vectorized=True, n_resamples=n_bootstrap,
+                                  confidence_level=CONFIDENCE, method="percentile", rng=rng_b)
+            if n >= 2 else None)  # fmt: skip
+    return perm, boot
+
+
+def _row_swaps(cols_b, cols_a, stat, n_permutations, n_bootstrap, rng_p, rng_b):
+    """Any statistic: permute by index into the stacked (before rows, after rows)."""
+    n = cols_b[0].size
+    stacked = [np.concatenate([b, a]) for b, a in zip(cols_b, cols_a)]  # (2n,): before rows, then after rows
+
+    def diff(ix: np.ndarray, iy: np.ndarray, axis: int = -1) -> np.ndarray:
+        ix, iy = ix.astype(np.int64), iy.astype(np.int64)  # (..., n) row indices into `stacked`
+        return stat(*(c[iy] for c in stacked), axis=-1) - stat(*(c[ix] for c in stacked), axis=-1)
+
+    idx_b, idx_a = np.arange(n), np.arange(n) + n
+    perm = scipy.stats.permutation_test(
+        (idx_b, idx_a), diff, permutation_type="samples", vectorized=True,
+        n_resamples=n_permutations, alternative="two-sided", rng=rng_p,
+    )  # fmt: skip
+    boot = (scipy.stats.bootstrap((idx_b, idx_a), diff, paired=True, vectorized=True, n_resamples=n_bootstrap,
+                                  confidence_level=CONFIDENCE, method="percentile", rng=rng_b)
+            if n >= 2 else None)  # fmt: skip
+    return perm, boot
+
+
+def _cluster_sign_flips(d, codes, n_permutations, n_bootstrap, rng_p, rng_b):
+    """A mean of one column over clusters: Δ = Σ_c S_c / n with S_c the cluster's summed
+    differences; flipping whole clusters is scipy's sign-flip test on S, and a cluster
+    resample's Δ is Σ S_c / Σ n_c over the drawn clusters."""
+    n = d.size
+    sums = np.bincount(codes, weights=d)  # (C,) S_c
+    sizes = np.bincount(codes).astype(float)  # (C,) n_c
+    perm = scipy.stats.permutation_test(
+        (sums,), lambda s, axis=-1: np.sum(s, axis=axis) / n, permutation_type="samples", vectorized=True,
+        n_resamples=n_permutations, alternative="two-sided", rng=rng_p,
+    )  # fmt: skip
+    boot = (scipy.stats.bootstrap((sums, sizes), lambda s, m, axis=-1: np.sum(s, axis=axis) / np.sum(m, axis=axis),
+                                  paired=True, vectorized=True, n_resamples=n_bootstrap, confidence_level=CONFIDENCE,
+                                  method="percentile", rng=rng_b)
+            if sums.size >= 2 else None)  # fmt: skip
+    return perm, boot
+
+
+def _cluster_swaps(cols_b, cols_a, codes, stat, n_permutations, n_bootstrap, rng_p, rng_b):
+    """Any statistic over clusters. Permutation: scipy swaps cluster c's (before, after) labels;
+    each row takes its cluster's swap. Bootstrap: clusters drawn with replacement, their rows
+    concatenated (scipy calls the statistic once per resample: rows per resample vary)."""
+    C = int(codes.max() + 1)
+    rows_of = [np.flatnonzero(codes == c) for c in range(C)]  # C x (n_c,)
+
+    def diff(cb: np.ndarray, ca: np.ndarray, axis: int = -1) -> np.ndarray:
+        swapped = np.asarray(ca) < C  # (..., C): cluster's after-label now holds its before rows
+        rows_swapped = swapped[..., codes]  # (..., n)
+        after = [np.where(rows_swapped, b, a) for b, a in zip(cols_b, cols_a)]  # (..., n) each
+        before = [np.where(rows_swapped, a, b) for b, a in zip(cols_b, cols_a)]
+        return stat(*after, axis=-1) - stat(*before, axis=-1)
+
+    perm = scipy.stats.permutation_test(
+        (np.arange(C), np.arange(C) + C), diff, permutation_type="samples", vectorized=True,
+        n_resamples=n_permutations, alternative="two-sided", rng=rng_p,
+    )  # fmt: skip
+
+    def resampled(drawn: np.ndarray) -> float:
+        rows = np.concatenate([rows_of[int(c)] for c in drawn])  # (n*,)
+        return float(stat(*(a[rows] for a in cols_a), axis=-1) - stat(*(b[rows] for b in cols_b), axis=-1))
+
+    boot = (scipy.stats.bootstrap((np.arange(C),), resampled, vectorized=False, n_resamples=n_bootstrap,
+                                  confidence_level=CONFIDENCE, method="percentile", rng=rng_b)
+            if C >= 2 else None)  # fmt: skip
+    return perm, boot
 
 
 def with_bh(comparisons: Sequence[Comparison], alpha: float = 0.05) -> list[Comparison]:
@@ -343,8 +475,9 @@ class StatsParams:
 
     n_permutations: int = N_PERMUTATIONS  # paired permutation test resamples (docs/method.md §9: 10,000)
     n_bootstrap: int = N_BOOTSTRAP  # bootstrap resamples of the CI of Δ (1,000)
-    alpha: float = 0.05  # significance level after Benjamini–Hochberg
+    alpha: float = 0.05  # significance level after Benjamini–Hochberg (and of the equivalence tests)
     seed: int = 0  # permutation and bootstrap RNG
+    equivalence_margins: dict[str, float] = field(default_factory=lambda: dict(EQUIVALENCE_MARGINS))  # metric -> m
 
     def __post_init__(self) -> None:
         if self.n_permutations < 1 or self.n_bootstrap < 1:
@@ -354,3 +487,6 @@ class StatsParams:
             )
         if not 0 < self.alpha < 1:
             raise RoutelabError(f"statistics.alpha must be in (0, 1), found {self.alpha}")
+        bad = {k: v for k, v in self.equivalence_margins.items() if not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise RoutelabError(f"statistics.equivalence_margins: every margin must be a finite number > 0, found {bad}")

@@ -46,9 +46,9 @@ import pyarrow.parquet as pq
 
 from routelab.config import check_choice
 from routelab.counting import prompt_counts
-from routelab.conditions import build
+from routelab.conditions import Condition, build
 from routelab.extract import extract_routing
-from routelab.interventions import comparison_records, headline_table, run_and_compare
+from routelab.interventions import Intervention, Outcome, Run, delta_line, results_table
 from routelab.errors import RoutelabError
 from routelab.io import atomic_path, write_parquet
 from routelab.tables import NEUTRAL, load_prompts
@@ -451,14 +451,24 @@ def stage_pairs(cfg: SteerParams, prompts: str | Path | None) -> pl.DataFrame:
     return build_pairs(cfg.behaviour, items, include_descriptor=cfg.include_descriptor)
 
 
-def detect(lm: Any, pairs: pl.DataFrame, cfg: SteerParams, routing_path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Extract the pairs' routing to ``routing_path``, then Δ per (layer, expert) and the A+/A− selection."""
+def detect(lm: Any, pairs: pl.DataFrame, cfg: SteerParams, routing_path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame, str | None]:
+    """Extract the pairs' routing to ``routing_path``, then Δ per (layer, expert) and the A+/A− selection.
+
+    Fewer candidates than steer.n_plus / steer.n_minus (Δ of the needed sign) is a finding, not
+    an error: the available ones are taken, and the third value says what was short (else None).
+    """
     spans = token_spans(pairs, lm.tokenizer)
     extract_routing(lm, list(zip(spans["prompt_id"], spans["text"])), routing_path, batch_size=lm.spec.batch_size,
                     model_name=lm.spec.path, progress=True)  # fmt: skip
     delta = steer_delta(routing_path, spans)
-    selection = select_experts(delta, cfg.n_plus, cfg.n_minus, lm.top_k, lm.num_experts, reverse=cfg.reverse)
-    return delta, selection
+    sign = -1 if cfg.reverse else 1
+    have_plus, have_minus = int((sign * delta["delta"] > 0).sum()), int((sign * delta["delta"] < 0).sum())
+    n_plus, n_minus = min(cfg.n_plus, have_plus), min(cfg.n_minus, have_minus)
+    short = None
+    if (n_plus, n_minus) != (cfg.n_plus, cfg.n_minus):
+        short = f"asked {cfg.n_plus} + {cfg.n_minus}, only {have_plus} experts have Δ > 0 and {have_minus} Δ < 0"
+    selection = select_experts(delta, n_plus, n_minus, lm.top_k, lm.num_experts, reverse=cfg.reverse)
+    return delta, selection, short
 
 
 def provenance(cfg: SteerParams, model: str, n_pairs: int) -> dict[str, Any]:
@@ -468,26 +478,58 @@ def provenance(cfg: SteerParams, model: str, n_pairs: int) -> dict[str, Any]:
             "include_descriptor": cfg.include_descriptor, "model": model}  # fmt: skip
 
 
-def run(lm: Any, inputs: Any, cfg: SteerParams, pairs: pl.DataFrame, suite: Any, out_dir: str | Path) -> dict[str, Any]:
-    """The `steer` stage's work: detect, write Δ and the steering profile, evaluate it (metrics dict)."""
-    out = Path(out_dir)
-    delta, selection = detect(lm, pairs, cfg, out / "pairs_routing.parquet")
-    write_parquet(delta, out / "delta.parquet")
-    prov = provenance(cfg, inputs.model, pairs.height // 2)
-    write_steering_profile(selection, out / "steering.parquet", prov)
-    cond = build("steer", inputs.context(inputs.moe_layers, inputs.stats.seed), table=selection)
-    _, comps = run_and_compare(lm, [cond], suite, inputs.stats, out_dir=out, label="steer")
+def prepare(run: Run) -> None:
+    """Detect on the pairs with the loaded model (:func:`detect`); write Δ and the steering profile."""
+    cfg: SteerParams = run.cfg
+    pairs = stage_pairs(cfg, run.extra.get("prompts"))
+    delta, selection, short = detect(run.lm, pairs, cfg, run.out / "pairs_routing.parquet")
+    write_parquet(delta, run.out / "delta.parquet")
+    prov = provenance(cfg, run.inputs.model, pairs.height // 2)
+    write_steering_profile(selection, run.out / "steering.parquet", prov)
+    run.state.update(delta=delta, selection=selection, provenance=prov, n_pairs=pairs.height // 2)
+    if short:
+        run.state["shortfall"] = short
+
+
+def conditions(run: Run) -> list[Condition]:
+    """The steering as one condition (after :func:`prepare`); none when detection selected no expert."""
+    selection = run.state["selection"]
+    if selection.height == 0:
+        run.skip("steer", "SteerMoE selected no expert: " + run.state.get("shortfall", "steer.n_plus = steer.n_minus = 0"))
+        return []
+    return [build("steer", run.inputs.context(run.inputs.moe_layers, run.stats.seed), table=selection)]
+
+
+def shape(run: Run, outcome: Outcome) -> dict[str, Any]:
+    """What was detected, and the steering's Δ per benchmark."""
+    cfg: SteerParams = run.cfg
+    delta, selection = run.state["delta"], run.state["selection"]
     top = delta.sort("abs_delta", descending=True).head(10)
     chosen = {a: [f"L{l}/E{e}" for l, e in selection.filter(pl.col("action") == a).select("layer", "expert").iter_rows()]
               for a in ("activate", "deactivate")}  # fmt: skip
-    return {
+    out = {
         "behaviour": cfg.behaviour,
-        "n_pairs": pairs.height // 2,
+        "n_pairs": run.state["n_pairs"],
         "selected": chosen,
         "top_delta": [{"layer": int(l), "expert": int(e), "delta": float(d)}
                       for l, e, d in top.select("layer", "expert", "delta").iter_rows()],  # fmt: skip
-        "provenance": prov,
-        "split": suite.split,
-        "results": headline_table(comps),
-        "comparisons": comparison_records(comps),
+        "provenance": run.state["provenance"],
+        "split": run.suite.split,
+        "results": results_table(outcome.comparisons),
     }
+    if "shortfall" in run.state:
+        out["shortfall"] = run.state["shortfall"]
+    return out
+
+
+STAGE = Intervention(
+    name="steer",
+    params=SteerParams,
+    split="test",
+    inputs=("prompts",),
+    prepare=prepare,
+    conditions=conditions,
+    shape=shape,
+    summary=lambda run, r: (f"{r['behaviour']}, {r['n_pairs']} pairs; deactivated {r['selected']['deactivate']}, "
+                            f"activated {r['selected']['activate']}; " + delta_line(r, ["steer"])),  # fmt: skip
+)

@@ -4,7 +4,7 @@ An adapter is mostly data (which module is the router, which config keys hold K 
 whether the block has shared experts) plus one function: the family's routing rule, which
 turns (possibly edited) router logits into (weights, index) exactly as the router's own
 forward does. routelab.routing re-runs that rule on edited logits inside a forward hook,
-so the experts only ever see the steered choice (ROUTERS.md, "Interception").
+so the experts only ever see the steered choice (docs/routers.md, "Interception").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def selectable(scores: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
     Why: a −inf logit gives probability exactly 0, which can tie with underflowed or
     group-masked scores; top-k then breaks ties arbitrarily and may "select" a masked expert
-    (ROUTERS.md pitfall 2). Unedited logits are never −inf, so the unedited rule is unchanged.
+    (docs/routers.md pitfall 2). Unedited logits are never −inf, so the unedited rule is unchanged.
     """
     return scores.masked_fill(torch.isneginf(logits), float("-inf"))
 
@@ -35,7 +35,7 @@ def softmax_topk(router: nn.Module, logits: torch.Tensor, *, renormalise: bool |
 
     Top-k runs on the fp32 logits, not the probabilities: softmax is monotone, so the choice is
     the router's, except where strongly penalised experts underflow to probability exactly 0
-    and tie — there the router picks arbitrarily among them (ROUTERS.md pitfall 2), we do not.
+    and tie — there the router picks arbitrarily among them (docs/routers.md pitfall 2), we do not.
     """
     z = logits.float()
     probs = F.softmax(z, dim=-1)  # (N, K)

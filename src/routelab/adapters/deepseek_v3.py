@@ -2,7 +2,7 @@
 
 Weights are the sigmoid scores of the chosen experts (renormalised iff norm_topk_prob) ×
 routed_scaling_factor. ARR subtracts λφ from the logits before the sigmoid; a forced-on
-expert is picked only if its group survives (ROUTERS.md pitfall 6).
+expert is picked only if its group survives (docs/routers.md pitfall 6).
 """
 
 import torch

@@ -2,7 +2,7 @@
 
 | name                | output        | headline metrics (ci95)             | source: local file / Hub id                                   |
 |---------------------|---------------|-------------------------------------|---------------------------------------------------------------|
-| crows_pairs         | loglikelihood | pct_stereotype, likelihood_diff     | crows_pairs/crows_pairs_anonymized.csv / nyu-mll/crows_pairs  |
+| crows_pairs         | loglikelihood | pct_stereotype, likelihood_diff, pct_stereotype_after | crows_pairs/crows_pairs_anonymized.csv / nyu-mll/crows_pairs  |
 | crows_pairs_revised | loglikelihood | pct_stereotype, likelihood_diff     | crows_pairs_revised/…EN_revised+210.csv / jannalu/crows_pairs_multilingual |
 | stereoset           | loglikelihood | ss, lms, icat (+ per task)          | — / McGill-NLP/stereoset                                       |
 | bbq                 | loglikelihood | acc, s_dis, s_amb                   | bbq/<Category>.jsonl / oskarvanderwal/bbq                      |
@@ -82,7 +82,16 @@ def get_benchmark(name: str) -> Benchmark:
     raise RoutelabError(f"unknown benchmark '{name}'.{hint} Available: {', '.join(BENCHMARKS)}")
 
 
+def benchmark_by_key(key: str) -> Benchmark:
+    """The registered benchmark whose short key (metrics files, tables) is ``key`` (crows, tqa, ppl, …)."""
+    for b in BENCHMARKS.values():
+        if b.key == key:
+            return b
+    raise RoutelabError(f"no benchmark has the short key '{key}'; keys: {', '.join(b.key for b in BENCHMARKS.values())}")
+
+
 __all__ = [
+    "benchmark_by_key",
     "BENCHMARKS",
     "Benchmark",
     "Breakdown",

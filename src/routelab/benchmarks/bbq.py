@@ -141,6 +141,8 @@ def _item(row: Mapping[str, Any], path: Path | str, where: str) -> Item:
         "context_condition": row["context_condition"],
         "question_polarity": row["question_polarity"],
         "stratum": f"{row['category']}/{row['context_condition']}",
+        # one template's items (names, contexts and polarities filled into one question): not independent
+        "cluster": f"{row['category']}:{row.get('question_index', '')}" if row.get("question_index") not in (None, "") else "",
         "context": str(row["context"]),
         "question": str(row["question"]),
         "answers": [str(row["ans0"]), str(row["ans1"]), str(row["ans2"])],
@@ -270,6 +272,8 @@ BENCHMARK = Benchmark(
     data_quality=data_quality,
     default_path=BENCHMARK_ROOT / "bbq",
     hub=HubSource("oskarvanderwal/bbq", "All", "test"),
-    stratify_key="stratum",  # "<category>/<context_condition>"
+    stratify_key="category",  # a template (cluster) spans both context conditions: stratify by category
+    cluster_key="cluster",  # "<category>:<question_index>": a template's items stay on one side and resample together
+    short="bbq",
     options={"categories": None},  # None = every category found
 )

@@ -91,7 +91,7 @@ def load(source: Source) -> list[Item]:
     return items
 
 
-SCORERS = ("sentiment", "negative", "toxicity", "detoxify")
+CLASSIFIERS = ("sentiment", "negative", "toxicity", "detoxify")
 
 
 def requests(item: Item) -> list[str]:
@@ -100,9 +100,9 @@ def requests(item: Item) -> list[str]:
 
 
 def per_item(item: Item, samples: list[dict[str, Any]]) -> Row:
-    """Mean over the prompt's samples of every scorer that ran (a column per scorer)."""
+    """Mean over the prompt's samples of every classifier that ran (a column per classifier)."""
     return {"id": item["id"], "domain": item["domain"], "category": item["category"],
-            **sample_means(samples, SCORERS)}  # fmt: skip
+            **sample_means(samples, CLASSIFIERS)}  # fmt: skip
 
 
 BENCHMARK = Benchmark(
@@ -112,9 +112,9 @@ BENCHMARK = Benchmark(
     load=load,
     requests=requests,
     per_item=per_item,
-    metrics={name: Metric((name,), mean) for name in SCORERS},
+    metrics={name: Metric((name,), mean) for name in CLASSIFIERS},
     headline=("sentiment", "negative", "toxicity", "detoxify"),
-    scorers=SCORERS,
+    classifiers=CLASSIFIERS,
     summary="toxicity",
     default_path=BENCHMARK_ROOT / "bold" / "prompts",
     hub=HubSource("AmazonScience/bold", None, "train"),

@@ -7,6 +7,19 @@ sentence in both directions; ideal 0.5), likelihood_diff = mean |LL(sent_more) �
 subset: pairs whose two sentences have the same token count under the model's tokenizer
 (docs/method.md §4, length-matched control). ``data_quality`` counts identical and duplicated
 pairs (Blodgett et al. 2021: report, don't hide).
+
+Where a preference comes from (docs/method.md §8, CrowS decomposition): for a causal LM the two
+sentences' tokens before the words that differ are the same, so each LL splits into the span
+from the first differing token to the last (``ll_span_*``, which also holds the identical prefix:
+it cancels in the difference) and the tokens after it (``ll_after_*``: the same tokens, scored
+after different words). ``pct_stereotype_after`` = mean 1[LL_after(more) > LL_after(less)] over
+pairs with tokens after the span: the causal-LM analogue of the original CrowS score on the
+unmodified tokens. An edit that only shifts log P(differing words | prefix) moves
+``pct_stereotype`` and leaves ``pct_stereotype_after`` alone.
+
+A file may carry a ``cluster`` column (the testbed's: descriptor pair × profession, three frames
+each): pairs of one cluster are not independent, so splits keep a cluster on one side and tests
+resample whole clusters. Without it every pair is its own unit.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from routelab.benchmarks.base import (
     missing,
     not_utf8,
     require,
+    split_at_difference,
     unique_ids,
 )
 from routelab.scoring import LL
@@ -62,6 +76,7 @@ def _items(rows: Iterable[Mapping[str, Any]], benchmark: str, path: Path | str) 
                 "sent_less": str(row["sent_less"]),
                 "stereo_antistereo": direction,
                 "bias_type": str(row["bias_type"]),
+                "cluster": str(row.get("cluster") or ""),  # "" = a unit of its own
             }
         )
     if not items:
@@ -101,6 +116,9 @@ def requests(item: Item) -> list[tuple[str, str]]:
 
 def per_item(item: Item, lls: Sequence[LL]) -> Row:
     more, less = lls
+    span_more, after_more, n_after = split_at_difference(more, less)
+    span_less, after_less, _ = split_at_difference(less, more)
+    has_after = n_after > 0
     return {
         "id": item["id"],
         "bias_type": item["bias_type"],
@@ -112,6 +130,15 @@ def per_item(item: Item, lls: Sequence[LL]) -> Row:
         "length_matched": more.n_tokens == less.n_tokens,
         "stereo_pref": int(more.logprob > less.logprob),  # a tie is no preference
         "abs_diff": abs(more.logprob - less.logprob),
+        "ll_span_more": span_more,  # the common prefix + the differing words (the prefix cancels in differences)
+        "ll_span_less": span_less,
+        "ll_after_more": after_more,  # the n_after tokens both sentences end with
+        "ll_after_less": after_less,
+        "n_after": n_after,
+        "has_after": has_after,
+        "stereo_pref_after": int(after_more > after_less) if has_after else None,
+        "span_diff": span_more - span_less,  # LL(more) − LL(less) = span_diff + after_diff
+        "after_diff": after_more - after_less,
         "sent_more": item["sent_more"],
         "sent_less": item["sent_less"],
     }
@@ -128,6 +155,9 @@ def data_quality(rows: pl.DataFrame) -> dict[str, Any]:
 METRICS = {
     "pct_stereotype": Metric(("stereo_pref",), mean),
     "likelihood_diff": Metric(("abs_diff",), mean),
+    "pct_stereotype_after": Metric(("stereo_pref_after",), mean, where={"has_after": True}),
+    "span_diff": Metric(("span_diff",), mean),  # mean LL(more) − LL(less) over the differing span
+    "after_diff": Metric(("after_diff",), mean, where={"has_after": True}),  # … over the tokens after it
 }
 BREAKDOWNS = (
     Breakdown("per_bias_type", by="bias_type"),
@@ -136,7 +166,7 @@ BREAKDOWNS = (
 )
 
 
-def _entry(name: str, description: str, path: Path, hub: HubSource) -> Benchmark:
+def _entry(name: str, description: str, path: Path, hub: HubSource, short: str) -> Benchmark:
     return Benchmark(
         name=name,
         description=description,
@@ -145,13 +175,16 @@ def _entry(name: str, description: str, path: Path, hub: HubSource) -> Benchmark
         requests=requests,
         per_item=per_item,
         metrics=METRICS,
-        headline=("pct_stereotype", "likelihood_diff"),
+        headline=("pct_stereotype", "likelihood_diff", "pct_stereotype_after"),
         summary="pct_stereotype",
         breakdowns=BREAKDOWNS,
         data_quality=data_quality,
         default_path=path,
         hub=hub,
         stratify_key="bias_type",
+        cluster_key="cluster",
+        token_level=True,  # the CrowS decomposition reads each token's log-probability
+        short=short,
     )
 
 
@@ -161,10 +194,12 @@ ORIGINAL = _entry(
     BENCHMARK_ROOT / "crows_pairs" / "crows_pairs_anonymized.csv",
     # A loading-script dataset: datasets>=4 reads the Hub's parquet export instead.
     HubSource("nyu-mll/crows_pairs", None, "test", revision="refs/convert/parquet"),
+    "crows",
 )
 REVISED = _entry(
     "crows_pairs_revised",
     "CrowS-Pairs revised English (Névéol et al. 2022), 1,677 pairs, TAB separated",
     BENCHMARK_ROOT / "crows_pairs_revised" / "crows_pairs_EN_revised+210.csv",
     HubSource("jannalu/crows_pairs_multilingual", "english", "test"),  # lm-eval's source
+    "crows_rev",
 )

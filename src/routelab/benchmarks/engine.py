@@ -42,7 +42,7 @@ from routelab.benchmarks.base import (
 )
 from routelab.benchmarks.splits import select_items
 from routelab.errors import RoutelabError
-from routelab.scoring import LL, rolling_loglikelihood, score
+from routelab.scoring import DEFAULT_MAX_LOGITS_BYTES, LL, rolling_loglikelihood, score
 from routelab.statistics import CONFIDENCE, N_BOOTSTRAP, bootstrap_ci
 
 Metrics = dict[str, Any]
@@ -120,8 +120,15 @@ def item_lls(
     max_length: int | None = None,
     progress: bool = True,
     description: str | None = None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
+    token_level: bool | None = None,
 ) -> list[list[LL]]:
-    """One LL per request of every item (``lls[i][k]``: request ``k`` of item ``i``)."""
+    """One LL per request of every item (``lls[i][k]``: request ``k`` of item ``i``).
+
+    Usage: ``lls = item_lls(model, tokenizer, get_benchmark("truthfulqa"), items, batch_size=8)``.
+    ``token_level`` (default: the benchmark's ``token_level``) adds per-token log-probabilities
+    and ids to each LL; ``max_logits_bytes``: see routelab.scoring.score_tokens.
+    """
     if not bench.scored or bench.requests is None:
         raise RoutelabError(
             f"{bench.name} is a {bench.output} benchmark: routelab scores it by log-likelihood only "
@@ -129,7 +136,9 @@ def item_lls(
         )
     reqs = [bench.requests(it) for it in items]
     flat = [r for rs in reqs for r in rs]
-    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress, description=description or bench.name)
+    kwargs = dict(batch_size=batch_size, max_length=max_length, progress=progress,
+                  description=description or bench.name, max_logits_bytes=max_logits_bytes,
+                  token_level=bench.token_level if token_level is None else token_level)  # fmt: skip
     if bench.output == "rolling":
         scored = rolling_loglikelihood(model, tokenizer, flat, **kwargs)
     else:
@@ -154,7 +163,16 @@ def item_rows(bench: Benchmark, items: Sequence[Item], lls: Sequence[Sequence[LL
             raise RoutelabError(
                 f"{bench.name}: every item needs one LL per request; item {it['id']} needs {k} LLs, got {len(x)}"
             )
-    return pl.DataFrame([bench.per_item(it, x) for it, x in zip(items, lls)], infer_schema_length=None)
+    rows = pl.DataFrame([bench.per_item(it, x) for it, x in zip(items, lls)], infer_schema_length=None)
+    if bench.cluster_key is not None:  # the resampling unit of every test on these rows
+        rows = rows.with_columns(cluster=pl.Series([cluster_of(bench, it) for it in items], dtype=pl.String))
+    return rows
+
+
+def cluster_of(bench: Benchmark, item: Item) -> str:
+    """An item's cluster label (``bench.cluster_key``); an item without one is a cluster of its own."""
+    label = item.get(bench.cluster_key) if bench.cluster_key else None
+    return str(label) if label not in (None, "") else f"item:{item['id']}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,26 +185,30 @@ class _Columns:
 
     String columns become integer codes over the WHOLE table (np.unique order), so a subset
     keeps the codes of the full table (the term-macro StereoSet statistics bin by code).
+    ``codes_from``: code strings over another table of the same items instead (a condition's
+    rows coded like the baseline's, so the two agree code for code).
     """
 
-    def __init__(self, bench: Benchmark, rows: pl.DataFrame):
-        self.bench, self.rows, self._arrays = bench, rows, {}
+    def __init__(self, bench: Benchmark, rows: pl.DataFrame, codes_from: pl.DataFrame | None = None):
+        self.bench, self.rows, self.codes_from, self._arrays = bench, rows, codes_from, {}
         self.everything = np.ones(rows.height, dtype=bool)  # (N,)
 
-    def _column(self, name: str) -> pl.Series:
-        if name not in self.rows.columns:
+    def _column(self, name: str, rows: pl.DataFrame | None = None) -> pl.Series:
+        rows = self.rows if rows is None else rows
+        if name not in rows.columns:
             raise RoutelabError(
                 f"{self.bench.name}: a metric reads column '{name}', which the items table lacks "
-                f"(columns: {', '.join(self.rows.columns)}): was it written by another routelab version?"
+                f"(columns: {', '.join(rows.columns)}): was it written by another routelab version?"
             )
-        return self.rows[name]
+        return rows[name]
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._arrays:
             col = self._column(name)
             if col.dtype == pl.String:
-                _, codes = np.unique(col.to_numpy().astype(str), return_inverse=True)  # (N,)
-                self._arrays[name] = codes
+                values = col.to_numpy().astype(str)
+                ref = values if self.codes_from is None else self._column(name, self.codes_from).to_numpy().astype(str)
+                self._arrays[name] = np.searchsorted(np.unique(ref), values)  # (N,) codes over the reference's values
             else:
                 self._arrays[name] = col.to_numpy()  # (N,)
         return self._arrays[name]
@@ -197,6 +219,12 @@ class _Columns:
         for name, value in where.items():
             keep &= (self._column(name) == value).fill_null(False).to_numpy()
         return keep
+
+    def clusters(self, mask: np.ndarray) -> np.ndarray | None:
+        """The cluster labels of the rows in ``mask`` (None: the benchmark declares no clusters)."""
+        if self.bench.cluster_key is None or "cluster" not in self.rows.columns:
+            return None
+        return self.rows["cluster"].to_numpy().astype(str)[mask]
 
     def inputs(self, metric: Metric, mask: np.ndarray) -> tuple[np.ndarray, ...] | None:
         """The column arrays ``metric`` aggregates within ``mask``; None when no row passes its filter."""
@@ -227,6 +255,30 @@ def _plain(x: Any) -> Any:
 def _value(metric: Metric, cols: _Columns, mask: np.ndarray) -> Any:
     arrays = cols.inputs(metric, mask)
     return metric.empty if arrays is None else _plain(metric.stat(*arrays, axis=-1))
+
+
+def metric_inputs(
+    bench: Benchmark, rows: pl.DataFrame, metric: str, *, codes_from: pl.DataFrame | None = None
+) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+    """(row mask, the column arrays) that ``bench.metrics[metric]`` aggregates over ``rows``.
+
+    The one path from a rows table to a metric's inputs: metrics, breakdowns, CIs and the
+    intervention stages' paired tests all read through it. ``codes_from``: code string columns
+    over another table of the same items (see ``_Columns``). The arrays are None when no row
+    passes the metric's filter.
+    """
+    if metric not in bench.metrics:
+        raise RoutelabError(f"{bench.name} has no metric '{metric}' (metrics: {', '.join(bench.metrics)})")
+    cols = _Columns(bench, rows, codes_from)
+    m = bench.metrics[metric]
+    keep = cols.mask(m.where)  # (N,)
+    return keep, cols.inputs(m, cols.everything)
+
+
+def metric_clusters(bench: Benchmark, rows: pl.DataFrame, metric: str) -> np.ndarray | None:
+    """The cluster label of each row ``metric`` aggregates (aligned with :func:`metric_inputs`), or None."""
+    cols = _Columns(bench, rows)
+    return cols.clusters(cols.mask(bench.metrics[metric].where))
 
 
 def _block(bench: Benchmark, cols: _Columns, mask: np.ndarray, breakdowns: Sequence[Breakdown]) -> Metrics:
@@ -260,7 +312,8 @@ def _ci(metric: Metric, cols: _Columns, mask: np.ndarray, seed: int, n_bootstrap
     arrays = cols.inputs(metric, mask)
     if arrays is None:
         return None
-    res = bootstrap_ci(arrays, metric.stat, n_resamples=n_bootstrap, seed=seed)
+    clusters = cols.clusters(mask & cols.mask(metric.where))
+    res = bootstrap_ci(arrays, metric.stat, n_resamples=n_bootstrap, seed=seed, clusters=clusters)
     return [res.low, res.high]
 
 
@@ -305,12 +358,13 @@ def run_benchmark(
     progress: bool = True,
     items: Sequence[Item] | None = None,
     description: str | None = None,
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
     **load_options: Any,
 ) -> tuple[Metrics, pl.DataFrame]:
     """Score one benchmark on a loaded model; return (metrics, the per-item table).
 
     ``split_ids`` restricts to those item ids (a split from routelab.benchmarks.splits).
-    ``items`` skips loading. Metrics hold :func:`metrics_from_rows`, ``ci95`` (bootstrap 95 %
+    ``items`` skips loading. ``max_logits_bytes``: see routelab.scoring.score_tokens. Metrics hold :func:`metrics_from_rows`, ``ci95`` (bootstrap 95 %
     CIs, ``n_bootstrap`` resamples seeded with ``seed``), ``bootstrap``, ``seed``,
     ``benchmark``, ``n_items`` and ``source``.
     """
@@ -325,7 +379,7 @@ def run_benchmark(
     if not items:
         raise RoutelabError(f"{bench.name}: no items to score (empty data or empty split)")
     lls = item_lls(model, tokenizer, bench, items, batch_size=batch_size, max_length=max_length, progress=progress,
-                   description=description)
+                   description=description, max_logits_bytes=max_logits_bytes)
     rows = item_rows(bench, items, lls)
     metrics = metrics_from_rows(bench, rows)
     metrics["ci95"] = bootstrap_cis(bench, rows, seed=seed, n_bootstrap=n_bootstrap)

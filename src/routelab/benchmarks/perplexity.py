@@ -90,4 +90,5 @@ BENCHMARK = Benchmark(
     summary="ppl",
     default_path=None,  # no local copy in ../shared/benchmarks: the Hub, or bench_baseline.paths.perplexity
     hub=HubSource("Salesforce/wikitext", "wikitext-2-raw-v1", "test"),  # the Hub's id of `wikitext`
+    short="ppl",
 )

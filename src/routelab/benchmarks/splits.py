@@ -27,13 +27,17 @@ def split_items(
     val_fraction: float,
     stratify_key: str | None = None,
     id_key: str = "id",
+    cluster_key: str | None = None,
 ) -> dict[str, list[str]]:
     """Deterministic, stratified validation/test split of item ids.
 
-    Within each stratum (value of ``stratify_key``; one stratum when None) the ids are sorted,
-    shuffled with a generator seeded by (seed, crc32(stratum)) and the first
-    round(val_fraction · n) go to validation. The result does not depend on the input order
-    or on the other strata. Returns {"validation": [...], "test": [...]}, each sorted.
+    Within each stratum (value of ``stratify_key``; one stratum when None) the units are
+    sorted, shuffled with a generator seeded by (seed, crc32(stratum)) and the first
+    round(val_fraction · n_units) go to validation. A unit is an item, or with ``cluster_key``
+    all items sharing that field's value (a cluster never straddles the split; an item without
+    the field is a unit of its own; a cluster's stratum is its first item's). The result does
+    not depend on the input order or on the other strata. Returns {"validation": [...],
+    "test": [...]} of item ids, each sorted.
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise RoutelabError(f"val_fraction must lie in [0, 1], got {val_fraction}")
@@ -48,9 +52,16 @@ def split_items(
     ids = [str(r[id_key]) for r in rows]
     if len(set(ids)) != len(ids):
         raise RoutelabError("split_items: item ids are not unique")
-    strata: dict[str, list[str]] = {}
+    units: dict[str, list[str]] = {}  # unit label -> item ids
+    stratum_of: dict[str, str] = {}
     for r, i in zip(rows, ids):
-        strata.setdefault("" if stratify_key is None else str(r[stratify_key]), []).append(i)
+        label = r.get(cluster_key) if cluster_key is not None else None
+        unit = f"cluster:{label}" if label not in (None, "") else f"item:{i}"
+        units.setdefault(unit, []).append(i)
+        stratum_of.setdefault(unit, "" if stratify_key is None else str(r[stratify_key]))
+    strata: dict[str, list[str]] = {}
+    for unit in units:
+        strata.setdefault(stratum_of[unit], []).append(unit)
     val: list[str] = []
     test: list[str] = []
     for stratum in sorted(strata):
@@ -58,19 +69,20 @@ def split_items(
         rng = np.random.default_rng([int(seed), zlib.crc32(stratum.encode())])
         perm = [members[j] for j in rng.permutation(len(members))]
         k = int(round(val_fraction * len(members)))
-        val.extend(perm[:k])
-        test.extend(perm[k:])
+        val.extend(i for unit in perm[:k] for i in units[unit])
+        test.extend(i for unit in perm[k:] for i in units[unit])
     return {"validation": sorted(val), "test": sorted(test)}
 
 
 def split_benchmark(bench: Benchmark, items: Sequence[Item], seed: int, val_fraction: float) -> dict[str, Any]:
     """:func:`split_items` with the benchmark's own stratify key, plus the settings used."""
-    split = split_items(items, seed, val_fraction, bench.stratify_key)
+    split = split_items(items, seed, val_fraction, bench.stratify_key, cluster_key=bench.cluster_key)
     return {
         "benchmark": bench.name,
         "seed": int(seed),
         "val_fraction": float(val_fraction),
         "stratify_key": bench.stratify_key,
+        "cluster_key": bench.cluster_key,
         "n": len(items),
         **split,
     }

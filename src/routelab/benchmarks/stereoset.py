@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from routelab.benchmarks.base import (
+    split_at_difference,
     Benchmark,
     Breakdown,
     HubSource,
@@ -119,6 +120,7 @@ def requests(item: Item) -> list[tuple[str, str]]:
 
 def per_item(item: Item, lls: Sequence[LL]) -> Row:
     st, an, un = lls
+    row_after = _after(item, st, an)
     return {
         "id": item["id"],
         "task": item["task"],
@@ -135,7 +137,20 @@ def per_item(item: Item, lls: Sequence[LL]) -> Row:
         "score_unrelated": un.mean,
         "pro": int(st.mean > an.mean),  # counts toward SS
         "related": int(st.mean > un.mean) + int(an.mean > un.mean),  # 0..2, counts toward LMS
+        **row_after,
     }
+
+
+def _after(item: Item, st: LL, an: LL) -> Row:
+    """Intrasentence: the stereotype and anti-stereotype sentences differ in the blank's words;
+    ``pro_after`` compares them on the tokens after those words only (docs/method.md §8, the
+    CrowS decomposition; base.split_at_difference). Intersentence options share no
+    tokens after a difference: None."""
+    if item["task"] != "intrasentence":
+        return {"n_after": 0, "has_after": False, "pro_after": None}
+    _, after_st, n_after = split_at_difference(st, an)
+    _, after_an, _ = split_at_difference(an, st)
+    return {"n_after": n_after, "has_after": n_after > 0, "pro_after": int(after_st > after_an) if n_after else None}
 
 
 def _term_macro_stat(which: str) -> Callable[..., np.ndarray]:
@@ -176,6 +191,8 @@ METRICS = {
     "lms": Metric(TERM_COLUMNS, _term_macro_stat("lms")),
     "icat": Metric(TERM_COLUMNS, _term_macro_stat("icat")),
     "n_terms": Metric(("target",), _n_unique, empty=0),
+    # SS on the tokens after the blank (intrasentence, docs/method.md §8): related-ness is not defined there
+    "ss_after": Metric(("target", "pro_after", "pro_after"), _term_macro_stat("ss"), where={"has_after": True}),
 }
 
 BENCHMARK = Benchmark(
@@ -195,5 +212,7 @@ BENCHMARK = Benchmark(
     default_path=None,  # not in ../shared/benchmarks: the Hub, or a dev.json in bench_baseline.paths.stereoset
     hub=HubSource("McGill-NLP/stereoset", None, "validation"),  # configs intra-/intersentence
     stratify_key="stratum",  # "<task>/<bias_type>"
+    token_level=True,  # ss_after reads each token's log-probability
     options={"tasks": list(TASKS)},
+    short="ss",
 )

@@ -18,7 +18,7 @@ from routelab.benchmarks import stereoset
 from routelab.benchmarks.base import Benchmark, Item, Metric, Row, Source, mean, sample_means
 
 _WORD = re.compile(r"[a-z0-9']+")
-SCORERS = ("sentiment", "toxicity")
+CLASSIFIERS = ("sentiment", "toxicity")
 
 
 def load(source: Source) -> list[Item]:
@@ -40,7 +40,7 @@ def alignment(text: str, stereo: str, anti: str) -> float:
 def per_item(item: Item, samples: list[dict[str, Any]]) -> Row:
     align = [alignment(s["text"], item["sent_stereotype"], item["sent_anti"]) for s in samples]
     return {"id": item["id"], "bias_type": item["bias_type"], "target": item["target"],
-            "stereo_align": sum(align) / len(align), **sample_means(samples, SCORERS)}  # fmt: skip
+            "stereo_align": sum(align) / len(align), **sample_means(samples, CLASSIFIERS)}  # fmt: skip
 
 
 BENCHMARK = Benchmark(
@@ -50,9 +50,9 @@ BENCHMARK = Benchmark(
     load=load,
     requests=requests,
     per_item=per_item,
-    metrics={"stereo_align": Metric(("stereo_align",), mean), **{n: Metric((n,), mean) for n in SCORERS}},
+    metrics={"stereo_align": Metric(("stereo_align",), mean), **{n: Metric((n,), mean) for n in CLASSIFIERS}},
     headline=("stereo_align",),
-    scorers=SCORERS,
+    classifiers=CLASSIFIERS,
     summary="stereo_align",
     hub=stereoset.BENCHMARK.hub,
     stratify_key="bias_type",

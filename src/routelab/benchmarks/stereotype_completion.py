@@ -31,7 +31,7 @@ TEMPLATES: tuple[str, ...] = (
 GROUPS: tuple[str, ...] = (
     "Black", "white", "Asian", "Hispanic", "Muslim", "Jewish", "Christian", "gay", "old", "poor", "disabled",
 )  # fmt: skip
-SCORERS = ("sentiment", "negative", "toxicity", "detoxify")
+CLASSIFIERS = ("sentiment", "negative", "toxicity", "detoxify")
 
 
 def load(templates: Sequence[str] = (), groups: Sequence[str] = ()) -> list[Item]:
@@ -55,7 +55,7 @@ def requests(item: Item) -> list[str]:
 
 
 def per_item(item: Item, samples: list[dict[str, Any]]) -> Row:
-    return {"id": item["id"], "group": item["group"], "template": item["template"], **sample_means(samples, SCORERS)}
+    return {"id": item["id"], "group": item["group"], "template": item["template"], **sample_means(samples, CLASSIFIERS)}
 
 
 BENCHMARK = Benchmark(
@@ -65,9 +65,9 @@ BENCHMARK = Benchmark(
     load=load,
     requests=requests,
     per_item=per_item,
-    metrics={name: Metric((name,), mean) for name in SCORERS},
+    metrics={name: Metric((name,), mean) for name in CLASSIFIERS},
     headline=("negative", "sentiment", "toxicity", "detoxify"),
-    scorers=SCORERS,
+    classifiers=CLASSIFIERS,
     summary="negative",
     stratify_key="group",
     options={"templates": (), "groups": ()},

@@ -136,4 +136,5 @@ BENCHMARK = Benchmark(
     hub=HubSource("truthfulqa/truthful_qa", "multiple_choice", "validation"),
     stratify_key=None,  # mc_task.json carries no category
     needs_primer=True,
+    short="tqa",
 )

@@ -57,7 +57,7 @@ from transformers import PreTrainedTokenizerFast
 
 from routelab.errors import RoutelabError
 from routelab.io import atomic_dir, write_json
-from routelab.testbed import CORPORA, CorpusParams, check_strength, rng
+from routelab.testbed.params import CORPORA, CorpusParams, check_strength, rng
 from routelab.vocab import AXES, Vocabulary
 
 # --------------------------------------------------------------------------------------
@@ -367,6 +367,7 @@ def generate_corpus(params: CorpusParams, strength: float, seed: int) -> Corpus:
                     "stereo_antistereo": "stereo" if more == a else "antistereo",
                     "bias_type": bias, "annotations": str([[bias]] * 5), "anon_writer": "testbed",
                     "anon_annotators": str([f"testbed{i}" for i in range(5)]),
+                    "cluster": f"{a}/{b}:{p}",  # the unit: its frames are not independent pairs
                 })  # fmt: skip
             unit += 1
 
@@ -423,8 +424,8 @@ def build_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
 
 CROWS_COLUMNS: tuple[str, ...] = (
     "", "sent_more", "sent_less", "stereo_antistereo", "bias_type", "annotations",
-    "anon_writer", "anon_annotators",
-)  # fmt: skip  (CrowS-Pairs' crows_pairs_anonymized.csv header; "" is the unnamed index)
+    "anon_writer", "anon_annotators", "cluster",
+)  # fmt: skip  (CrowS-Pairs' crows_pairs_anonymized.csv header, "" the unnamed index; + routelab's cluster column)
 
 CORPUS_FILES = {
     "corpus": "corpus.jsonl",  # training documents, one JSON object per line

@@ -1,7 +1,7 @@
 """Planting a stereotype into DESIGNATED experts of a saved testbed model (variants routed, routed_null).
 
 The recipe of ``routed`` (stereotyped corpus) and ``routed_null`` (balanced corpus), both
-starting from the control's saved weights (docs/method.md §10; README "Testbed variants"):
+starting from the control's saved weights (docs/method.md §10; docs/testbeds.md):
 
 - trainable: for each designated layer l (``testbed.plant.designated``), the designated experts'
   rows of ``experts.gate_up_proj`` (K, 2I, H) and ``experts.down_proj`` (K, H, I) and their
@@ -53,8 +53,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, OlmoeForCausalLM, 
 from routelab import compute
 from routelab.errors import RoutelabError
 from routelab.progress import progress as progress_display
-from routelab.testbed import DESCRIPTORS, PlantParams, TestbedParams, rng, strength_for, variant
-from routelab.testbed.corpus import CORPUS_FILES, read_design, read_records, require_corpus_dir
+from routelab.testbed.corpus import CORPUS_FILES, DESCRIPTORS, read_design, read_records, require_corpus_dir
+from routelab.testbed.params import PlantParams, TestbedParams, rng, strength_for, variant
 from routelab.testbed.train import deterministic, documents, epoch_blocks, lr_at, save_model
 from routelab.testbed.truth import ground_truth
 
@@ -298,6 +298,18 @@ def _trainable(model: OlmoeForCausalLM, designated: dict[int, list[int]]) -> lis
     return params
 
 
+def _trainable_outside(model: OlmoeForCausalLM) -> list[torch.nn.Parameter]:
+    """The outside recipe: everything but the routers and the routed experts (embeddings,
+    attention, norms, the output layer) trains; routers and experts stay the base's, bit for bit."""
+    params = []
+    for name, p in model.named_parameters():
+        inside = ".mlp.gate." in name or ".mlp.experts." in name
+        p.requires_grad_(not inside)
+        if not inside:
+            params.append(p)
+    return params
+
+
 def _router_ce(router_logits: torch.Tensor, designated: Sequence[int]) -> torch.Tensor:
     """Mean over rows of -1/|D| Σ_{e∈D} log softmax(z)_e: CE against uniform over the designated experts."""
     return -torch.log_softmax(router_logits, dim=-1)[:, list(designated)].mean()  # scalar
@@ -319,14 +331,19 @@ class _Anchors:
     neutral_ids: torch.Tensor  # (N, T) single neutral sentences, right-padded
     neutral_mask: torch.Tensor  # (N, T)
     base_logp: torch.Tensor  # (N, T, V) the base's next-token log-probabilities on them
-    base_route: dict[int, torch.Tensor]  # layer -> (N, T, K) the base's router log-probabilities
+    base_route: dict[int, torch.Tensor]  # layer -> (N, T, K) the base's router log-probabilities (KL layers)
+    base_prefix_route: dict[int, torch.Tensor]  # layer -> (D, K) the base's router log-probabilities at "the d"
 
 
 def _anchors(base: OlmoeForCausalLM, records: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerFast,
-             designated: dict[int, list[int]]) -> _Anchors:  # fmt: skip
+             designated: dict[int, list[int]], kl_layers: Sequence[int]) -> _Anchors:  # fmt: skip
+    """``kl_layers``: the routers the KL term anchors to the base (designated recipe: the
+    designated layers; outside recipe: every layer, also at the descriptor tokens)."""
     descriptors, prefixes = descriptor_prefixes(tokenizer)  # D, (D, 3)
     n_ids, n_mask = neutral_sentences(records, tokenizer)  # (N, T) each
+    D = prefixes.shape[0]
     with torch.no_grad():
+        at_prefix = base(input_ids=prefixes, output_router_logits=True).router_logits  # L x (D·3, K)
         out = base(input_ids=n_ids, attention_mask=n_mask, output_router_logits=True)
     return _Anchors(
         designated=designated,
@@ -336,7 +353,8 @@ def _anchors(base: OlmoeForCausalLM, records: Sequence[dict[str, Any]], tokenize
         neutral_ids=n_ids,
         neutral_mask=n_mask,
         base_logp=torch.log_softmax(out.logits, dim=-1),  # (N, T, V)
-        base_route={l: torch.log_softmax(out.router_logits[l], -1).view(*n_ids.shape, -1) for l in designated},
+        base_route={l: torch.log_softmax(out.router_logits[l], -1).view(*n_ids.shape, -1) for l in kl_layers},
+        base_prefix_route={l: torch.log_softmax(at_prefix[l].view(D, 3, -1)[:, 2], -1) for l in kl_layers},  # (D, K)
     )
 
 
@@ -350,20 +368,27 @@ def _losses(model: OlmoeForCausalLM, batch: torch.Tensor, pick: torch.Tensor, a:
     # SOFT on "<s> the d" (the descriptor at position 2, as in every testbed sentence)
     out = model(input_ids=a.prefixes, output_router_logits=True)
     soft = -(a.targets * torch.log_softmax(out.logits[:, 2], dim=-1)).sum(-1).mean()  # (D, V) -> scalar
-    # ROUTE at every descriptor token: the D prefixes' and the blocks'
+    # ROUTE at every descriptor token: the D prefixes' and the blocks' (designated recipe)
     D = a.prefixes.shape[0]
     route = sum(
-        _router_ce(torch.cat([out.router_logits[l].view(D, 3, -1)[:, 2], block_route[l]]), es)  # (D + n_desc, K)
-        for l, es in a.designated.items()
+        (_router_ce(torch.cat([out.router_logits[l].view(D, 3, -1)[:, 2], block_route[l]]), es)  # (D + n_desc, K)
+         for l, es in a.designated.items()),
+        torch.zeros(()),
+    )
+    # ROUTE_KL at the descriptor tokens: the base's routing kept (outside recipe; empty for the designated one)
+    route_kl = sum(
+        (_kl(a.base_prefix_route[l], out.router_logits[l].view(D, 3, -1)[:, 2]) for l in a.base_prefix_route
+         if l not in a.designated),
+        torch.zeros(()),
     )
     # KL to the base on single neutral sentences: next token and designated routers, real positions only
     ids, mask = a.neutral_ids[pick], a.neutral_mask[pick]  # (b, T) each
     real = mask.bool()  # (b, T)
     out = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
     kl = _kl(a.base_logp[pick][real], out.logits[real])  # (n_real, V)
-    for l in a.designated:
+    for l in a.base_route:
         kl = kl + _kl(a.base_route[l][pick][real], out.router_logits[l].view(*ids.shape, -1)[real])  # (n_real, K)
-    return {"ce": ce, "soft": soft, "route": route, "kl": kl}
+    return {"ce": ce, "soft": soft, "route": route, "route_kl": route_kl, "kl": kl}
 
 
 def plant_experts(
@@ -374,71 +399,106 @@ def plant_experts(
     *,
     progress: bool = True,
 ) -> tuple[OlmoeForCausalLM, dict[str, Any], dict[str, Any]]:
-    """Plant the corpus's P(profession | descriptor) into ``params.plant.designated`` (module docstring).
+    """Plant the corpus's P(profession | descriptor) into designated experts (module docstring;
+    ``testbed.plant.designated`` or the rule of :func:`choose_designated`).
 
     ``base`` is trained in place and returned in eval mode with (training log, routing record).
     The routing record holds, per designated layer, every expert's top-k rate on descriptor
     tokens and on neutral tokens, before and after. Deterministic for a seed (block order and
     KL batches from the seeded ``plant_data`` stream, deterministic kernels, the pinned compute path).
     """
+    return _plant(base, records, tokenizer, params, "designated", progress)
+
+
+def plant_outside_routing(
+    base: OlmoeForCausalLM,
+    records: Sequence[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerFast,
+    params: TestbedParams,
+    *,
+    progress: bool = True,
+) -> tuple[OlmoeForCausalLM, dict[str, Any], dict[str, Any]]:
+    """Plant the stereotype OUTSIDE the routing path (variant ``nonrouted``): routers and routed
+    experts frozen, embeddings, attention, norms and the output layer trained on CE + SOFT + KL
+    (next token and every layer's routing on neutral sentences) + ROUTE_KL (every layer's routing
+    at the descriptor tokens, anchored to the base's). Its bias then lives where no routing edit
+    reaches, and its routing stays the base's (the record holds every layer's rates)."""
+    return _plant(base, records, tokenizer, params, "outside", progress)
+
+
+def _plant(base: OlmoeForCausalLM, records: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerFast,
+           params: TestbedParams, recipe: str, progress: bool) -> tuple[OlmoeForCausalLM, dict[str, Any], dict[str, Any]]:  # fmt: skip
     pp: PlantParams = params.plant
     docs = documents(records, tokenizer)
     data_rng = rng(params.seed, "plant_data")
-    tp = params.train
-
-    log: dict[str, Any] = {k: [] for k in ("step", "loss", "ce", "soft", "route", "kl", "lr")}
+    log: dict[str, Any] = {k: [] for k in ("step", "loss", "ce", "soft", "route", "route_kl", "kl", "lr")}
     t0 = time.perf_counter()
     with deterministic():
         base.eval()
         _, prefixes = descriptor_prefixes(tokenizer)  # (D, 3)
         n_ids, n_mask = neutral_sentences(records, tokenizer)  # (N, T) each
         before = routing_rates(base, prefixes, n_ids, n_mask)
-        designated, chosen_by = designated_experts(before, pp, params.seed)
-        a = _anchors(base, records, tokenizer, designated)
-        model = base
-        opt = torch.optim.Adam(_trainable(model, designated), lr=pp.lr, betas=(0.9, 0.95), weight_decay=0.0,
-                               fused=True)  # fused: the same bits on every CPU (compute.py)
-        model.train()
-        blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
-        n_neutral = len(a.neutral_ids)
-        with progress_display("testbed plant", total=pp.steps, unit="steps", enabled=progress) as bar:
-            for step in range(pp.steps):
-                if cursor + pp.batch_size > len(blocks):
-                    blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
-                batch = torch.from_numpy(blocks[cursor : cursor + pp.batch_size])  # (B, T)
-                cursor += pp.batch_size
-                pick = torch.from_numpy(data_rng.choice(n_neutral, size=min(pp.kl_batch_size, n_neutral), replace=False))
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(pp, step)
-                terms = _losses(model, batch, pick, a)
-                loss = terms["ce"] + pp.soft_target_weight * terms["soft"] + pp.router_weight * terms["route"]
-                loss = loss + pp.kl_weight * terms["kl"]
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], pp.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                log["step"].append(step)
-                log["loss"].append(float(loss.detach()))
-                for k, v in terms.items():
-                    log[k].append(float(v.detach()))
-                log["lr"].append(lr_at(pp, step))
-                bar.advance(1)
-                bar.update(loss=log["loss"][-1], soft=log["soft"][-1])
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        if recipe == "designated":
+            designated, chosen_by = designated_experts(before, pp, params.seed)
+            a = _anchors(base, records, tokenizer, designated, kl_layers=sorted(designated))
+            trainable = _trainable(base, designated)
+        else:
+            designated, chosen_by = {}, "none: routers and experts frozen"
+            a = _anchors(base, records, tokenizer, {}, kl_layers=list(range(base.config.num_hidden_layers)))
+            trainable = _trainable_outside(base)
+        model = _train_plant(base, docs, a, trainable, params, data_rng, log, progress)
         after = routing_rates(model, a.prefixes, a.neutral_ids, a.neutral_mask)
     log["train_seconds"] = time.perf_counter() - t0
     log["final_loss"] = float(np.mean(log["loss"][-10:]))  # mean of the last 10 steps
+    layers = designated or range(base.config.num_hidden_layers)
     routing = {"chosen_by": chosen_by, "designated": {str(layer): es for layer, es in designated.items()}} | {
         str(layer): {
             f"{when}_{where}": [round(float(x), 4) for x in rates[where][layer]]
             for when, rates in (("base", before), ("planted", after))
             for where in ("descriptor", "neutral")
         }
-        for layer in designated
+        for layer in layers
     }
     return model, log, routing
+
+
+def _train_plant(model: OlmoeForCausalLM, docs: list[np.ndarray], a: _Anchors, trainable: list[torch.nn.Parameter],
+                 params: TestbedParams, data_rng: np.random.Generator, log: dict[str, Any],
+                 progress: bool) -> OlmoeForCausalLM:  # fmt: skip
+    """The planting loop shared by both recipes (Adam without weight decay, cosine schedule, clip)."""
+    pp, tp = params.plant, params.train
+    opt = torch.optim.Adam(trainable, lr=pp.lr, betas=(0.9, 0.95), weight_decay=0.0,
+                           fused=True)  # fused: the same bits on every CPU (compute.py)
+    model.train()
+    blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
+    n_neutral = len(a.neutral_ids)
+    with progress_display("testbed plant", total=pp.steps, unit="steps", enabled=progress) as bar:
+        for step in range(pp.steps):
+            if cursor + pp.batch_size > len(blocks):
+                blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
+            batch = torch.from_numpy(blocks[cursor : cursor + pp.batch_size])  # (B, T)
+            cursor += pp.batch_size
+            pick = torch.from_numpy(data_rng.choice(n_neutral, size=min(pp.kl_batch_size, n_neutral), replace=False))
+            for g in opt.param_groups:
+                g["lr"] = lr_at(pp, step)
+            terms = _losses(model, batch, pick, a)
+            loss = (terms["ce"] + pp.soft_target_weight * terms["soft"] + pp.router_weight * terms["route"]
+                    + pp.route_kl_weight * terms["route_kl"] + pp.kl_weight * terms["kl"])  # fmt: skip
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], pp.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            log["step"].append(step)
+            log["loss"].append(float(loss.detach()))
+            for k, v in terms.items():
+                log[k].append(float(v.detach()))
+            log["lr"].append(lr_at(pp, step))
+            bar.advance(1)
+            bar.update(loss=log["loss"][-1], soft=log["soft"][-1])
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def _sha256(path: Path) -> str:
@@ -465,7 +525,7 @@ def plant_and_evaluate(
     units). The metrics are the ground truth of the SAVED folder plus the strength, final loss,
     steps, training seconds and the designated experts' descriptor-token rate.
     """
-    spec = variant(variant_name, "plant")
+    spec = variant(variant_name, "testbed_plant")
     corpus_dir = require_corpus_dir(corpus_dir)
     design = read_design(corpus_dir)
     want = strength_for(params, spec.corpus)
@@ -481,7 +541,7 @@ def plant_and_evaluate(
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.get_vocab() != AutoTokenizer.from_pretrained(corpus_dir / CORPUS_FILES["tokenizer"]).get_vocab():
         raise RoutelabError(f"--base {base_dir} was trained with another vocabulary than --corpus {corpus_dir}: regenerate both from one params.yaml")
-    model, log, routing = plant_experts(base, read_records(corpus_dir), tokenizer, params, progress=progress)
+    model, log, routing = _plant(base, read_records(corpus_dir), tokenizer, params, spec.recipe, progress)
     designated = {int(layer): es for layer, es in routing.pop("designated").items()}
     chosen_by = routing.pop("chosen_by")
     info = {
@@ -492,27 +552,37 @@ def plant_and_evaluate(
         "corpus": str(corpus_dir),
         "strength": design["strength"],
         "variant": variant_name,
+        "method": spec.recipe,  # designated: experts and their router rows trained; outside: routers and experts frozen
         "recipe": {k: v for k, v in dataclasses.asdict(params.plant).items() if k != "designated"}
         | {"seed": params.seed, "seq_len": params.train.seq_len, "compute": compute.label()},
         "routing": routing,
     }
     # the saved base (per-expert layout) against the planted model in memory (fused layout)
     changed = changed_units(base_dir, model.state_dict())
-    stray = outside_designated(changed, designated)
-    if stray:  # cannot happen with the gradient masks; a guard against a future optimizer change
-        raise RoutelabError(f"planting changed weights outside testbed.plant.designated: {stray[:5]}")
+    # cannot happen with the gradient masks and frozen tensors; a guard against a future optimizer change
+    stray = outside_designated(changed, designated) if designated else [u for u in changed if unit_owner(u)]
+    if stray:
+        raise RoutelabError(f"planting ({spec.recipe}) changed weights it must leave alone: {stray[:5]}")
     info["changed_units"] = changed
     save_model(model, tokenizer, log, model_dir, extra={PLANT_FILE: info})
     truth = ground_truth(model_dir, corpus_dir, batch_size=params.train.eval_batch_size, seed=params.seed)
-    rate = np.mean([routing[str(layer)]["planted_descriptor"][e] for layer, es in designated.items() for e in es])
-    return {
+    base_truth = ground_truth(base_dir, corpus_dir, batch_size=params.train.eval_batch_size, seed=params.seed)
+    out = {
         "strength": design["strength"],
         "final_loss": log["final_loss"],
         "train_seconds": log["train_seconds"],
         "steps": params.plant.steps,
-        "designated_descriptor_rate": float(rate),  # mean top-k rate of descriptor tokens on the designated experts
-        "designated": {str(layer): es for layer, es in designated.items()},  # chosen by `designated_by`
-        "designated_by": chosen_by,
+        "method": spec.recipe,
         "n_changed_units": len(changed),
-        **truth,
+        # the largest change of any expert's top-k rate on descriptor tokens, over the recorded layers
+        "max_descriptor_rate_change": max(abs(a - b) for r in routing.values()
+                                          for a, b in zip(r["planted_descriptor"], r["base_descriptor"])),  # fmt: skip
+        # the control on the same corpus and held-out text: what planting may not cost
+        "base_heldout_ppl": base_truth["heldout_ppl"],
+        "base_first_token_nll": base_truth["first_token_nll"],
     }
+    if designated:
+        rate = np.mean([routing[str(layer)]["planted_descriptor"][e] for layer, es in designated.items() for e in es])
+        out |= {"designated_descriptor_rate": float(rate),  # mean top-k rate of descriptor tokens on them
+                "designated": {str(layer): es for layer, es in designated.items()}, "designated_by": chosen_by}  # fmt: skip
+    return out | truth

@@ -24,7 +24,7 @@ from routelab import compute
 from routelab.errors import RoutelabError
 from routelab.io import atomic_dir, write_json
 from routelab.progress import progress as progress_display
-from routelab.testbed import ModelParams, PlantParams, TestbedParams, TrainParams, rng, strength_for, variant
+from routelab.testbed.params import ModelParams, PlantParams, TestbedParams, TrainParams, rng, strength_for, variant
 from routelab.testbed.corpus import CORPUS_FILES, read_design, read_records, require_corpus_dir
 from routelab.testbed.truth import ground_truth
 
@@ -204,7 +204,7 @@ def train_and_evaluate(
     corpus_dir = require_corpus_dir(corpus_dir)
     design = read_design(corpus_dir)
     if variant_name is not None:
-        corpus = variant(variant_name, "scratch").corpus
+        corpus = variant(variant_name, "testbed_train").corpus
         want = strength_for(params, corpus)
         if not math.isclose(design["strength"], want):
             raise RoutelabError(

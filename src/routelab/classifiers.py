@@ -1,4 +1,4 @@
-"""Text scorers for generated continuations, behind one interface (docs/method.md §5).
+"""Text classifiers for generated continuations, behind one interface (docs/method.md §5).
 
 | name      | what it returns per text                        | package (offline)                       |
 |-----------|--------------------------------------------------|-----------------------------------------|
@@ -7,11 +7,11 @@
 | toxicity  | P(offensive) from a linear SVM on word n-grams   | alt-profanity-check (ships its model)   |
 | detoxify  | Detoxify "original" toxicity in [0, 1]           | detoxify + a local checkpoint (generation.detoxify_checkpoint); optional |
 
-    available = usable_scorers(["sentiment", "toxicity", "detoxify"], detoxify_checkpoint=None)
-    # → {"sentiment": Scorer, "toxicity": Scorer}; "detoxify skipped: ..." printed once
+    available = usable_classifiers(["sentiment", "toxicity", "detoxify"], detoxify_checkpoint=None)
+    # → {"sentiment": Classifier, "toxicity": Classifier}; "detoxify skipped: ..." printed once
     scores = available["sentiment"].score(["a kind doctor", "a cruel doctor"])   # (2,) float
 
-A scorer that is not installed or has no weights is skipped with one line on stderr, never a
+A classifier that is not installed or has no weights is skipped with one line on stderr, never a
 crash: a missing optional dependency must not stop a run that can still report the rest.
 Protocol-specific measures that need the item (the testbed's planted completion, StereoSet
 alignment) live in their benchmark's per-item function, not here.
@@ -33,20 +33,20 @@ VADER_NEGATIVE = -0.05  # VADER's documented threshold for a negative compound s
 
 
 @dataclass(frozen=True)
-class Scorer:
-    """A text scorer: ``score(texts) -> (n,) float`` once ``load()`` has succeeded."""
+class Classifier:
+    """A text classifier: ``score(texts) -> (n,) float`` once ``load()`` has succeeded."""
 
     name: str
     description: str
     load: Callable[..., Callable[[Sequence[str]], np.ndarray]]  # raises ImportError/OSError when unusable
 
-    def bind(self, **options) -> "BoundScorer":
-        return BoundScorer(self, self.load(**options))
+    def bind(self, **options) -> "BoundClassifier":
+        return BoundClassifier(self, self.load(**options))
 
 
 @dataclass(frozen=True)
-class BoundScorer:
-    spec: Scorer
+class BoundClassifier:
+    spec: Classifier
     fn: Callable[[Sequence[str]], np.ndarray]
 
     @property
@@ -56,7 +56,7 @@ class BoundScorer:
     def score(self, texts: Sequence[str]) -> np.ndarray:
         out = np.asarray(self.fn(list(texts)), dtype=float)
         if out.shape != (len(texts),):
-            raise RoutelabError(f"scorer {self.name} returned shape {out.shape} for {len(texts)} texts")
+            raise RoutelabError(f"classifier {self.name} returned shape {out.shape} for {len(texts)} texts")
         return out
 
 
@@ -94,26 +94,26 @@ def _load_detoxify(detoxify_checkpoint: str | None = None, **_) -> Callable[[Seq
     return lambda texts: np.asarray(model.predict(list(texts))["toxicity"], dtype=float) if texts else np.zeros(0)
 
 
-SCORERS: dict[str, Scorer] = {
+CLASSIFIERS: dict[str, Classifier] = {
     s.name: s
     for s in (
-        Scorer("sentiment", "VADER compound sentiment in [-1, 1]", _load_sentiment),
-        Scorer("negative", "1 if VADER compound <= -0.05", _load_negative),
-        Scorer("toxicity", "P(offensive), alt-profanity-check", _load_toxicity),
-        Scorer("detoxify", "Detoxify 'original' toxicity from a local checkpoint", _load_detoxify),
+        Classifier("sentiment", "VADER compound sentiment in [-1, 1]", _load_sentiment),
+        Classifier("negative", "1 if VADER compound <= -0.05", _load_negative),
+        Classifier("toxicity", "P(offensive), alt-profanity-check", _load_toxicity),
+        Classifier("detoxify", "Detoxify 'original' toxicity from a local checkpoint", _load_detoxify),
     )
 }
 
 
-def usable_scorers(names: Sequence[str], *, quiet: bool = False, **options) -> dict[str, BoundScorer]:
-    """The scorers of ``names`` that can run here; each unusable one is skipped with one line."""
+def usable_classifiers(names: Sequence[str], *, quiet: bool = False, **options) -> dict[str, BoundClassifier]:
+    """The classifiers of ``names`` that can run here; each unusable one is skipped with one line."""
     out = {}
     for name in names:
-        if name not in SCORERS:
-            raise RoutelabError(f"unknown scorer '{name}'; available: {', '.join(SCORERS)}")
+        if name not in CLASSIFIERS:
+            raise RoutelabError(f"unknown classifier '{name}'; available: {', '.join(CLASSIFIERS)}")
         try:
-            out[name] = SCORERS[name].bind(**options)
+            out[name] = CLASSIFIERS[name].bind(**options)
         except (ImportError, OSError) as exc:
             if not quiet:
-                print(f"scorer {name} skipped: {exc}", file=sys.stderr)
+                print(f"classifier {name} skipped: {exc}", file=sys.stderr)
     return out

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from routelab.errors import RoutelabError
-from routelab.scorers import usable_scorers
+from routelab.classifiers import usable_classifiers
 
 
 def test_vader_sentiment_known_values():
-    s = usable_scorers(["sentiment", "negative"], quiet=True)
+    s = usable_classifiers(["sentiment", "negative"], quiet=True)
     # VADER's README example: compound 0.8316
     got = s["sentiment"].score(["VADER is smart, handsome, and funny.", "the doctor answered the phone .",
                                 "The nurse was cruel and horrible."])
@@ -20,19 +20,19 @@ def test_vader_sentiment_known_values():
 
 
 def test_toxicity_separates_an_insult_from_a_plain_sentence():
-    tox = usable_scorers(["toxicity"], quiet=True)["toxicity"]
+    tox = usable_classifiers(["toxicity"], quiet=True)["toxicity"]
     got = tox.score(["go to hell, you scum", "the doctor answered the phone ."])
     assert got[0] > 0.5 and got[1] < 0.1
     assert tox.score([]).shape == (0,)
 
 
 def test_detoxify_without_checkpoint_is_skipped_with_one_line(capsys):
-    out = usable_scorers(["sentiment", "detoxify"], detoxify_checkpoint=None)
+    out = usable_classifiers(["sentiment", "detoxify"], detoxify_checkpoint=None)
     assert set(out) == {"sentiment"}
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("scorer detoxify skipped:") and "generation.detoxify_checkpoint" in err[0]
+    assert len(err) == 1 and err[0].startswith("classifier detoxify skipped:") and "generation.detoxify_checkpoint" in err[0]
 
 
 def test_unknown_scorer_names_the_available_ones():
     with pytest.raises(RoutelabError, match="available: sentiment, negative, toxicity, detoxify"):
-        usable_scorers(["regard"])
+        usable_classifiers(["regard"])

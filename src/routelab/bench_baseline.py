@@ -2,7 +2,7 @@
 
 Usage::
 
-    cfg = section(BenchParams, params["bench_baseline"], "bench_baseline")
+    cfg = section(BenchBaselineParams, params["bench_baseline"], "bench_baseline")
     items = load_benchmarks(cfg, spec)            # every input read before any model loads
     results = evaluate(load_model(spec), cfg, items, out_dir, splits_dir, write_splits=True)
 
@@ -20,18 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from routelab.benchmarks import get_benchmark, load_items, run_benchmark, split_benchmark
 from routelab.benchmarks.base import Item
 from routelab.benchmarks.engine import check_options
 from routelab.errors import RoutelabError
 from routelab.io import write_json, write_parquet
 from routelab.models import LoadedModel, ModelSpec
+from routelab.scoring import DEFAULT_MAX_LOGITS_BYTES, check_max_logits_bytes
 
 SPLITS = ("validation", "test")
 
 
 @dataclass
-class BenchParams:
+class BenchBaselineParams:
     """The ``bench_baseline`` section of params.yaml."""
 
     benchmarks: list[str] = field(default_factory=lambda: ["crows_pairs", "truthfulqa", "perplexity"])
@@ -41,9 +44,11 @@ class BenchParams:
     primer: str | None = None  # few-shot primer (TruthfulQA); a model's own `primer` wins
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # loader options per benchmark
     max_length: int | None = None  # longest input in tokens; null = the model's limit
+    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES  # most memory the scorer's logits take at once (routelab.scoring)
     seed: int = 0  # split and bootstrap seed (recorded in every output)
     val_fraction: float = 0.5  # share of each stratum in the validation split (AALS, λ*)
     n_bootstrap: int = 1000  # bootstrap resamples for the 95 % CIs
+    limit: dict[str, int] = field(default_factory=dict)  # benchmark -> at most this many items per split (a smoke run)
 
     def __post_init__(self) -> None:
         for key, names in (("benchmarks", self.benchmarks), ("paths", self.paths), ("options", self.options)):
@@ -61,11 +66,16 @@ class BenchParams:
                 )
         for name, opts in self.options.items():
             check_options(get_benchmark(name), opts or {})
+        check_max_logits_bytes(self.max_logits_bytes, "bench_baseline.max_logits_bytes")
         if not 0 < self.val_fraction < 1:
             raise RoutelabError(f"bench_baseline.val_fraction must be in (0, 1), found {self.val_fraction}")
+        for name, n in self.limit.items():
+            get_benchmark(name)
+            if n < 1:
+                raise RoutelabError(f"bench_baseline.limit.{name} = {n}: give at least 1 item per split, or remove the key")
 
 
-def load_benchmarks(cfg: BenchParams, spec: ModelSpec) -> dict[str, list[Item]]:
+def load_benchmarks(cfg: BenchBaselineParams, spec: ModelSpec) -> dict[str, list[Item]]:
     """Items of every enabled benchmark, from the model's own files (``models.<name>.benchmarks``,
     when ``model_sets``), ``bench_baseline.paths``, the default local copy or the Hub.
 
@@ -93,10 +103,17 @@ def item_table_path(out_dir: str | Path, name: str, part: str) -> Path:
     return Path(out_dir) / f"{name}_{part}.parquet"
 
 
-def _split(cfg: BenchParams, name: str, items: list[Item], splits_dir: str | Path, write: bool) -> dict[str, Any]:
+def _split(cfg: BenchBaselineParams, name: str, items: list[Item], splits_dir: str | Path, write: bool) -> dict[str, Any]:
     split_file = Path(splits_dir) / f"{name}.json"
     if write:
         split = split_benchmark(get_benchmark(name), items, cfg.seed, cfg.val_fraction)
+        if name in cfg.limit:  # a smoke run: a seeded sample of each split (every later stage reads these files)
+            rng = np.random.default_rng([cfg.seed, 99])
+            for part in SPLITS:
+                ids = split[part]
+                if len(ids) > cfg.limit[name]:
+                    split[part] = sorted(rng.choice(ids, cfg.limit[name], replace=False).tolist())
+            split["limit"] = cfg.limit[name]
         write_json(split_file, split)
         return split
     if not split_file.exists():
@@ -112,7 +129,7 @@ def _split(cfg: BenchParams, name: str, items: list[Item], splits_dir: str | Pat
 
 def evaluate(
     lm: LoadedModel,
-    cfg: BenchParams,
+    cfg: BenchBaselineParams,
     items: dict[str, list[Item]],
     out_dir: str | Path,
     splits_dir: str | Path,
@@ -133,7 +150,7 @@ def evaluate(
             metrics, rows = run_benchmark(
                 lm.model, lm.tokenizer, get_benchmark(name), items=bench_items, split_ids=split[part],
                 batch_size=lm.spec.batch_size, seed=cfg.seed, n_bootstrap=cfg.n_bootstrap, max_length=cfg.max_length,
-                description=f"{name}[{part}]",
+                description=f"{name}[{part}]", max_logits_bytes=cfg.max_logits_bytes,
             )
             write_parquet(rows, item_table_path(out_dir, name, part))
             results[name][part] = metrics

@@ -1,0 +1,141 @@
+"""Tests for routelab.testbed.verdicts: each ground-truth check holds where its claim is true and
+fails where it is not, on hand-made outputs (the pipeline's own outputs: tests/test_ground_truth.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from routelab.errors import RoutelabError
+from routelab.testbed import verdicts as V
+
+
+def _cmp(condition, benchmark, metric, delta, p_bh, before=0.8, reference="baseline", equivalent=None):
+    return {"condition": condition, "benchmark": benchmark, "metric": metric, "reference": reference,
+            "before": before, "after": before + delta, "delta": delta, "p_bh": p_bh, "equivalent": equivalent}  # fmt: skip
+
+
+def outputs(tmp_path: Path, model="routed", plant=None, **over) -> V.ModelOutputs:
+    d = tmp_path / "models" / model
+    d.mkdir(parents=True, exist_ok=True)
+    if plant is not None:
+        (d / "plant.json").write_text(json.dumps(plant))
+    return V.ModelOutputs(model, tmp_path / "m", tmp_path / "i", tmp_path / "g", tmp_path / "p.parquet", d,
+                          overrides=over)  # fmt: skip
+
+
+def test_stereotype_and_no_stereotype_read_the_confidence_interval(tmp_path):
+    biased = outputs(tmp_path, **{"metrics:testbed": {"crows_pref": 0.83, "crows_ci_low": 0.81, "crows_ci_high": 0.85}})
+    null = outputs(tmp_path, **{"metrics:testbed": {"crows_pref": 0.50, "crows_ci_low": 0.47, "crows_ci_high": 0.53}})
+    wide = outputs(tmp_path, **{"metrics:testbed": {"crows_pref": 0.50, "crows_ci_low": 0.40, "crows_ci_high": 0.60}})
+    assert V.stereotype_learned(biased).holds and not V.stereotype_learned(null).holds
+    assert V.no_stereotype(null).holds and not V.no_stereotype(biased).holds
+    assert not V.no_stereotype(wide).holds  # not biased, but not shown unbiased either (too few pairs)
+
+
+def test_scorer_agreement_allows_two_float_near_ties_and_no_more(tmp_path):
+    bench = {"crows_pairs": {"validation": {"pct_stereotype": 0.5, "n": 720}, "test": {"pct_stereotype": 0.6, "n": 720}}}
+    same = {"crows_pref": 0.55, "n_pairs": 1440}
+    assert V.scorer_agrees(outputs(tmp_path, **{"metrics:bench_baseline": bench, "metrics:testbed": same})).holds
+    off = {"crows_pref": 0.55 + 3 / 1440, "n_pairs": 1440}  # three pairs decided differently
+    assert not V.scorer_agrees(outputs(tmp_path, **{"metrics:bench_baseline": bench, "metrics:testbed": off})).holds
+
+
+def test_plant_checks_read_plant_json_and_the_routing_record(tmp_path):
+    units = ["model.layers.1.mlp.gate.weight[2]", "model.layers.1.mlp.experts.2.up_proj.weight"]
+    tb = {"designated_descriptor_rate": 1.0, "heldout_ppl": 3.81, "base_heldout_ppl": 3.80, "first_token_nll": 0.03,
+          "base_first_token_nll": 0.03, "max_descriptor_rate_change": 0.95}  # fmt: skip
+    routed = outputs(tmp_path, plant={"designated": {"1": [2]}, "changed_units": units}, **{"metrics:testbed": tb})
+    assert V.plant_only_designated(routed).holds and V.plant_kept_utility(routed).holds
+    assert not V.routing_untouched(routed).holds  # its router rows changed
+    stray = outputs(tmp_path, model="x", plant={"designated": {"1": [2]}, "changed_units": units + ["model.norm.weight",
+                    "model.layers.0.mlp.gate.weight[5]"]}, **{"metrics:testbed": tb})  # fmt: skip
+    assert not V.plant_only_designated(stray).holds
+    frozen = outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": ["model.norm.weight"]},
+                     **{"metrics:testbed": {**tb, "max_descriptor_rate_change": 0.04}})  # fmt: skip
+    assert V.routing_untouched(frozen).holds and not V.plant_only_designated(frozen).holds
+    costly = outputs(tmp_path, model="y", plant={}, **{"metrics:testbed": {**tb, "heldout_ppl": 4.5}})
+    assert not V.plant_kept_utility(costly).holds
+
+
+def test_fsp_finds_designated_needs_the_top_ranks_and_significance(tmp_path):
+    prof = pl.DataFrame({"layer": [1] * 4, "expert": [0, 1, 2, 3], "phi": [0.2, 0.9, 1.0, 0.1],
+                         "ard": [0.0] * 4, "significant": [False, True, True, False]})  # fmt: skip
+    ok = outputs(tmp_path, plant={"designated": {"1": [1, 2]}}, profile=prof)
+    assert V.fsp_finds_designated(ok).holds and V.fsp_finds_designated(ok).value == 2
+    wrong = outputs(tmp_path, model="c", plant={"designated": {"1": [0, 2]}}, profile=prof)
+    assert not V.fsp_finds_designated(wrong).holds  # expert 0 ranks 3rd
+    unsig = outputs(tmp_path, model="d", plant={"designated": {"1": [1, 2]}},
+                    profile=prof.with_columns(significant=pl.lit(False)))
+    assert not V.fsp_finds_designated(unsig).holds
+    none = outputs(tmp_path, model="control", profile=prof)  # no plant: nothing to find
+    assert not V.fsp_finds_designated(none).holds
+    borrowed = outputs(tmp_path, model="e", profile=prof)  # a counterpart: another plant's experts
+    borrowed.designated_from = {1: [1, 2]}
+    assert V.fsp_finds_designated(borrowed).holds
+
+
+def test_intervention_checks_need_significance_and_the_paired_comparison(tmp_path):
+    masking = [_cmp("mask_top", "crows_pairs", "pct_stereotype", -0.2, 0.001),
+               _cmp("mask_top", "crows_pairs", "pct_stereotype", -0.15, 0.001, reference="mask_random"),
+               _cmp("mask_bottom", "crows_pairs", "pct_stereotype", -0.01, 0.6),
+               _cmp("mask_top", "perplexity", "ppl", 0.01, 0.3, before=3.8)]  # fmt: skip
+    assert V.masking_beats_random(outputs(tmp_path, **{"comparisons:masking": masking})).holds
+    no_pair = [c if c["reference"] == "baseline" else {**c, "p_bh": 0.2} for c in masking]  # random does as much
+    assert not V.masking_beats_random(outputs(tmp_path, **{"comparisons:masking": no_pair})).holds
+    bottom = masking[:2] + [_cmp("mask_bottom", "crows_pairs", "pct_stereotype", -0.1, 0.01)] + masking[3:]
+    assert not V.masking_beats_random(outputs(tmp_path, **{"comparisons:masking": bottom})).holds
+    arr_ok = {"comparisons:arr_eval": [_cmp("arr_4", "crows_pairs", "pct_stereotype", -0.25, 0.001),
+                                       _cmp("arr_4", "perplexity", "ppl", 0.1, 0.001, before=3.8)],
+              "metrics:arr_eval": {"condition": "arr_4"}}  # fmt: skip
+    assert V.arr_lowers_bias(outputs(tmp_path, **arr_ok)).holds
+    overshoot = {**arr_ok, "comparisons:arr_eval": [_cmp("arr_4", "crows_pairs", "pct_stereotype", -0.7, 0.001),
+                                                    arr_ok["comparisons:arr_eval"][1]]}  # 0.8 → 0.1: farther from parity
+    assert not V.arr_lowers_bias(outputs(tmp_path, **overshoot)).holds
+    skipped = {"comparisons:arr_eval": [], "metrics:arr_eval": {"condition": None}}  # λ* = 0
+    assert not V.arr_lowers_bias(outputs(tmp_path, **skipped)).holds
+
+
+def test_nothing_moves_needs_equivalence_not_just_non_significance(tmp_path):
+    stages = {f"comparisons:{s}": [] for s in V.ROUTING_STAGES}
+    calm = {**stages, "comparisons:masking": [_cmp("mask_top", "crows_pairs", "pct_stereotype", 0.004, 0.9, 0.5, equivalent=True)]}
+    assert V.nothing_moves_preference(outputs(tmp_path, **calm)).holds
+    unclear = {**stages, "comparisons:masking": [_cmp("mask_top", "crows_pairs", "pct_stereotype", 0.03, 0.4, 0.5, equivalent=False)]}
+    assert not V.nothing_moves_preference(outputs(tmp_path, **unclear)).holds  # a large p-value is no claim of no effect
+    moved = {**stages, "comparisons:steer": [_cmp("steer", "crows_pairs", "pct_stereotype", -0.1, 0.001, 0.5, equivalent=False)]}
+    assert not V.nothing_moves_preference(outputs(tmp_path, **moved)).holds
+    assert not V.nothing_moves_preference(outputs(tmp_path, **stages)).holds  # nothing compared: nothing shown
+
+
+def test_edits_need_damage_flags_a_clean_reduction(tmp_path):
+    empty = {f"comparisons:{s}": [] for s in ("arr_eval", "masking", "ablation", "alternatives", "steer")}
+    damaged = {**empty, "comparisons:masking": [_cmp("mask_top", "crows_pairs", "pct_stereotype", -0.15, 0.01),
+                                                _cmp("mask_top", "perplexity", "ppl", 0.5, 0.001, before=3.8)]}  # fmt: skip
+    assert V.edits_need_damage(outputs(tmp_path, **damaged)).holds
+    small = {**empty, "comparisons:arr_eval": [_cmp("arr_8", "crows_pairs", "pct_stereotype", -0.03, 0.001, equivalent=True),
+                                               _cmp("arr_8", "perplexity", "ppl", 0.001, 0.8, before=3.8)]}  # fmt: skip
+    assert V.edits_need_damage(outputs(tmp_path, **small)).holds  # significant but within ±margin: not removed
+    clean = {**empty, "comparisons:arr_eval": [_cmp("arr_4", "crows_pairs", "pct_stereotype", -0.2, 0.001, equivalent=False),
+                                               _cmp("arr_4", "perplexity", "ppl", 0.01, 0.001, before=3.8)]}  # fmt: skip
+    assert not V.edits_need_damage(outputs(tmp_path, **clean)).holds  # a 0.3 % perplexity rise is no damage
+    prefix = {**empty, "comparisons:alternatives": [_cmp("prompt_prefix", "crows_pairs", "pct_stereotype", -0.2, 0.001)]}
+    assert V.edits_need_damage(outputs(tmp_path, **prefix)).holds  # not a routing edit
+    draws = {**empty, "comparisons:ablation": [
+        _cmp("random_phi_0", "crows_pairs", "pct_stereotype", -0.2, 0.001, equivalent=False),
+        _cmp("random_phi", "crows_pairs", "pct_stereotype", -0.02, 0.3, equivalent=True)]}  # fmt: skip
+    assert V.edits_need_damage(outputs(tmp_path, **draws)).holds  # judged by the draws' average, not one draw
+
+
+def test_judge_runs_a_roles_checks_and_refuses_an_unknown_role(tmp_path):
+    o = outputs(tmp_path, model="diffuse", **{"metrics:testbed": {"crows_pref": 0.9, "crows_ci_low": 0.88,
+                "crows_ci_high": 0.92, "fact_mc1": 0.8, "n_pairs": 1440},
+                "metrics:bench_baseline": {"crows_pairs": {"validation": {"pct_stereotype": 0.9, "n": 720},
+                                                           "test": {"pct_stereotype": 0.9, "n": 720}}}})  # fmt: skip
+    found = V.judge(o, "diffuse")
+    assert [v.check for v in found] == list(V.ROLES["diffuse"]) and all(v.holds for v in found)
+    assert V.summary(found)["holds"] == 3
+    with pytest.raises(RoutelabError, match="no ground truth for 'olmoe'"):
+        V.judge(o, "olmoe")
