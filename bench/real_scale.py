@@ -2,6 +2,7 @@
 
 Usage (on a CUDA machine; docs/performance.md quotes its output):
     python bench/real_scale.py                      # OLMoE-1B-7B and Qwen3-30B-A3B shapes (Qwen3 with 8 of its 48 layers)
+    python bench/real_scale.py --shapes qwen3-30b-a3b --qwen3-layers 48   # the whole Qwen3 (~57 GiB of weights)
     python bench/real_scale.py --tiny               # the same code on small shapes, on CPU (a smoke test)
 
 For each shape: the model is built from its config in bfloat16 directly on the device (random
@@ -48,9 +49,9 @@ SHAPES = {
         num_hidden_layers=2 if tiny else 16, num_attention_heads=4 if tiny else 16, num_key_value_heads=4 if tiny else 16,
         num_experts=8 if tiny else 64, num_experts_per_tok=2 if tiny else 8, max_position_embeddings=4096,
         norm_topk_prob=False),
-    "qwen3-30b-a3b (8 of 48 layers)": lambda tiny: tf.Qwen3MoeConfig(
+    "qwen3-30b-a3b": lambda tiny, layers=8: tf.Qwen3MoeConfig(
         vocab_size=151936, hidden_size=128 if tiny else 2048, intermediate_size=128 if tiny else 6144,
-        moe_intermediate_size=64 if tiny else 768, num_hidden_layers=2 if tiny else 8,
+        moe_intermediate_size=64 if tiny else 768, num_hidden_layers=2 if tiny else layers,
         num_attention_heads=4 if tiny else 32, num_key_value_heads=2 if tiny else 4, head_dim=32 if tiny else 128,
         num_experts=8 if tiny else 128, num_experts_per_tok=2 if tiny else 8, norm_topk_prob=True,
         max_position_embeddings=4096),
@@ -141,6 +142,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="small shapes on CPU (a smoke test of this script)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="which shapes (default: all)")
+    ap.add_argument("--qwen3-layers", type=int, default=8,
+                    help="Qwen3-30B-A3B layers to build (48 = the whole model, ~57 GiB of bf16 weights)")
     args = ap.parse_args()
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -148,8 +152,9 @@ def main() -> None:
     print(f"device {device} ({torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}), {dtype}, "
           f"torch {torch.__version__}, transformers {tf.__version__}", flush=True)  # fmt: skip
     results = []
-    for name, make in SHAPES.items():
-        r = run_shape(name, make(args.tiny), device, dtype, tok, n_long=4 if args.tiny else 8, long_words=60 if args.tiny else 700)
+    for name in args.shapes:
+        cfg = SHAPES[name](args.tiny, args.qwen3_layers) if name.startswith("qwen3") else SHAPES[name](args.tiny)
+        r = run_shape(name, cfg, device, dtype, tok, n_long=4 if args.tiny else 8, long_words=60 if args.tiny else 700)
         print(json.dumps(r), flush=True)
         results.append(r)
     if args.out:

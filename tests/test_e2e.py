@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def _params(copy: Path, model: Path, text: Path) -> None:
     p["statistics"].update(n_permutations=500, n_bootstrap=100)
     p["prompts"].update(n_templates=4, n_professions=6, n_demographic=120)
     p["profile"]["n_permutations"] = 50
-    p["safex"]["n_resamples"] = 50
+    p["safex"].update(n_resamples=50, alpha=0.25)  # N = floor(alpha K) = 2 of the 8 experts
     p["arr"]["lambdas"] = [1.0, 4.0]
     p["masking"]["draws"] = 2
     p["ablation"].update(random_draws=2, powers=[1.0], top_k=[5])
@@ -115,8 +116,7 @@ def run(tmp_path_factory):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = subprocess.run([*dvc, "repro", "--single-item", "report"], cwd=copy, capture_output=True, text=True, env=env)
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
-    status = subprocess.run([*dvc, "status", "--glob", "*@tiny"], cwd=copy, capture_output=True, text=True, env=env)
-    return copy, out.stdout + report.stdout, status.stdout
+    return copy, out.stdout + report.stdout, _dvc(copy, "status", *_tiny_stages(copy)).stdout
 
 
 def test_every_per_model_stage_ran_and_the_report_rendered(run, tmp_path):
@@ -148,3 +148,80 @@ def test_an_empty_safex_selection_is_a_recorded_result(run):
     assert "random_selection" in alt["skipped"] and "prompt_prefix" in alt["results"]  # the rest still ran
     assert "skipped: safex (" in log  # the stage's summary line says so
     assert "tiny: safex skipped — " in (copy / "plots" / "report" / "report.md").read_text()  # and the report
+
+
+def _dvc(copy: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{copy / 'src'}:{copy}", "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=copy, capture_output=True, text=True, env=env)
+
+
+def _tiny_stages(copy: Path) -> list[str]:
+    """The stages of model `tiny` (`dvc status` has no --glob)."""
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())["stages"]
+    return [f"{n}@tiny" for n, st in stages.items() if st.get("foreach") in ("${pipeline.models}", "${local_models}")]
+
+
+def _outputs(copy: Path) -> dict[str, bytes]:
+    """Every file a stage wrote (metrics, data, plots), by path: what a failed run must leave alone."""
+    return {str(f.relative_to(copy)): f.read_bytes() for top in ("metrics", "data", "plots")
+            for f in sorted((copy / top).rglob("*")) if f.is_file()}  # fmt: skip
+
+
+def test_dvc_metrics_show_fits_200_columns_and_exp_show_fits_100(run):
+    copy, _, _ = run
+    shown = _dvc(copy, "metrics", "show")
+    assert shown.returncode == 0 and "metrics/summary/tiny.json" in shown.stdout, shown.stderr
+    assert max(map(len, shown.stdout.splitlines())) <= 200, shown.stdout
+    for key in ("pref", "lambda", "ppl"):  # the headline numbers, as flat short keys
+        assert key in shown.stdout
+    # docs/pipeline.md's narrow `dvc exp show`: one changed parameter, one metric, in 100 columns
+    exp = _dvc(copy, "exp", "show", "--no-pager", "--drop", ".*", "--keep", "Experiment|arr.beta|metrics/summary/.*:lambda")
+    assert exp.returncode == 0, exp.stderr
+    assert max(map(len, exp.stdout.splitlines())) <= 100, exp.stdout
+
+
+def test_a_params_typo_fails_in_seconds_naming_the_key_and_removes_no_output(run):
+    """check_params runs before every other stage: a typo'd key stops `dvc repro` in seconds, with
+    the key and its nearest known neighbour named, before DVC removes any stage's outputs."""
+    copy, _, _ = run
+    params = copy / "params.yaml"
+    original, before = params.read_text(), _outputs(copy)
+    p = yaml.safe_load(original)
+    p["arr"]["bta"] = 0.5  # as `dvc exp run -S +arr.bta=0.5` would write it
+    params.write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
+    try:
+        start = time.perf_counter()
+        out = _dvc(copy, "repro", "--glob", "*@tiny")
+        elapsed = time.perf_counter() - start
+    finally:
+        params.write_text(original)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and "arr: unknown key 'bta'. Did you mean 'beta'?" in said, said[-2000:]
+    assert elapsed < 5.0, f"the typo took {elapsed:.1f} s to report"
+    assert _outputs(copy) == before  # every metrics file, data folder and plot still there, same bytes
+    _dvc(copy, "repro", "--single-item", "check_params")  # the stamp back for the next test
+
+
+def test_an_in_place_weight_change_reruns_exactly_the_stages_that_load_the_model(run):
+    """models.tiny.path is a local folder: local_model fingerprints its files, so changing one router
+    weight in place makes every stage that loads the model out of date, and no other."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    copy, _, status = run
+    assert "changed deps" not in status and "changed outs" not in status, status  # after the run, all up to date
+    model = Path(yaml.safe_load((copy / "params.yaml").read_text())["models"]["tiny"]["path"])
+    shard = model / "model.safetensors"
+    weights = load_file(shard)
+    gate = next(k for k in weights if k.endswith("mlp.gate.weight"))
+    weights[gate] = weights[gate] + torch.full_like(weights[gate], 0.01)
+    save_file(weights, shard, metadata={"format": "pt"})
+    pinned = _dvc(copy, "repro", "--single-item", "local_model@tiny")
+    assert pinned.returncode == 0, pinned.stdout[-2000:] + pinned.stderr[-2000:]
+    status = _dvc(copy, "status", *_tiny_stages(copy)).stdout
+    stale = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))}
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())["stages"]
+    loads_model = {f"{name}@tiny" for name, st in stages.items() if st.get("foreach") == "${pipeline.models}"
+                   and "data/models/${item}" in st["do"].get("deps", [])}  # fmt: skip
+    stale.discard("local_model@tiny")  # always changed: it re-hashes the folder on every repro
+    assert len(loads_model) >= 10 and stale == loads_model, (sorted(stale), sorted(loads_model))

@@ -42,6 +42,7 @@ from routelab.interventions import (
     score_conditions,
     write_condition_tables,
 )
+from routelab.tables import load_selection
 
 KINDS = ("fsp", "safex", "random_selection", "prompt_prefix")
 SELECTIONS = ("safex", "random_selection")  # the methods that get their own λ* from the sweep
@@ -75,9 +76,13 @@ def _selection_methods(run: Run) -> dict[str, Any]:
     wanted = [m for m in SELECTIONS if m in cfg.conditions]
     if not wanted:
         return {}
-    if not layers:
+    all_layers = load_selection(run.extra["safex"])["layer"].unique().to_list()
+    safex_empty = selected_in_layers(run.extra["safex"], all_layers).height == 0
+    if not layers or safex_empty:  # say every reason: both are results of their own stages
+        why = "; ".join(w for w, empty in (("AALS selected no layer to edit", not layers),
+                                            ("SAFEx selected no expert (see metrics safex.json)", safex_empty)) if empty)  # fmt: skip
         for m in wanted:
-            run.skip(m, "AALS selected no layer to edit")
+            run.skip(m, why)
         return {}
     chosen = selected_in_layers(run.extra["safex"], layers)
     if chosen.height == 0:

@@ -465,12 +465,17 @@ def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, ou
 
     written = []
     for name, (rel, x, y, title, points) in CROSS_MODEL_PLOT_DATA.items():
-        frames = [pl.read_csv(Path(plots_dir) / m / rel).with_columns(pl.lit(m).alias("model"))
-                  for m in models if (Path(plots_dir) / m / rel).exists()]  # fmt: skip
-        if not frames:
+        # an empty CSV is a skipped step of that model (e.g. no λ sweep when AALS selected no layer)
+        paths = {m: Path(plots_dir) / m / rel for m in models}
+        frames = [pl.read_csv(f).with_columns(pl.lit(m).alias("model"))
+                  for m, f in paths.items() if f.is_file() and f.read_text().strip()]  # fmt: skip
+        target = Path(out_dir) / name
+        if not frames:  # still written: dvc.yaml declares these figures; the image says there is nothing to draw
+            with atomic_path(target) as tmp:
+                Path(tmp).write_text("model\n")
+            written += [target, plots.nothing(target.with_suffix(".png"), title, f"no model of {list(models)} has {rel}")]
             continue
         table = pl.concat(frames, how="diagonal_relaxed")
-        target = Path(out_dir) / name
         with atomic_path(target) as tmp:
             table.select("model", *[c for c in table.columns if c != "model"]).write_csv(tmp)
         written += [target, plots.by_model(table, x, y, target.with_suffix(".png"), title, points=points)]
