@@ -92,8 +92,11 @@ def test_help_lists_each_command_with_its_purpose_and_an_example(capsys):
         cli_main(["--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0
-    assert "extract   record the router logits and top-k of every MoE layer" in out
-    assert "bench     score one benchmark by log-likelihood" in out
+    for name, purpose in (("extract", "record the router logits and top-k of every MoE layer"),
+                          ("bench", "score one benchmark by log-likelihood"),
+                          ("check-params", "check every section and key of params.yaml"),
+                          ("seeds", "summarise the testbed seeds run as DVC experiments")):  # fmt: skip
+        assert f"    {name:<12}  {purpose}" in out, out  # one line each, purposes in one column
     assert ("routelab extract --model data/models/diffuse --prompts data/prompts/diffuse.parquet "
             "--out routing.parquet") in out
     # The examples name the pipeline's own paths of a model params.yaml knows (the old default

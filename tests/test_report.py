@@ -87,10 +87,19 @@ def test_cross_model_plot_data_is_one_long_table_per_figure_with_a_model_column(
         f.parent.mkdir(parents=True)
         r0, r1 = rs.split(",")
         f.write_text(f"layer,R\n0,{r0}\n1,{r1}\n")
-    written = write_cross_model_plot_data(["a", "b", "c"], plots, tmp_path / "report")  # c ran nothing
-    assert [p.name for p in written] == ["r_by_layer.csv", "r_by_layer.png"]
-    assert written[0].read_text().splitlines() == ["model,layer,R", "a,0,1.5", "a,1,2.5", "b,0,7.0", "b,1,-1.0"]
-    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[1].stat().st_size > 5000  # the figure
+    (plots / "c" / "arr_sweep").mkdir(parents=True)
+    (plots / "c" / "arr_sweep" / "frontier.csv").write_text("\n")  # c's λ sweep was skipped (an empty table)
+    written = write_cross_model_plot_data(["a", "b", "c"], plots, tmp_path / "report")  # c ran nothing else
+    by_name = {p.name: p for p in written}
+    assert sorted(by_name) == sorted(n for f in CROSS_MODEL_PLOT_DATA for n in (f, f.replace(".csv", ".png")))
+    r = by_name["r_by_layer.csv"]
+    assert r.read_text().splitlines() == ["model,layer,R", "a,0,1.5", "a,1,2.5", "b,0,7.0", "b,1,-1.0"]
+    png = by_name["r_by_layer.png"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000  # the figure
+    # no model has the others' data: their tables hold the header only and their figures say so
+    # (dvc.yaml declares every figure, so each is written)
+    assert by_name["frontier.csv"].read_text() == "model\n" and by_name["layer_shift.csv"].read_text() == "model\n"
+    assert by_name["frontier.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(CROSS_MODEL_PLOT_DATA) == {"frontier.csv", "r_by_layer.csv", "layer_shift.csv"}
 
 

@@ -38,7 +38,16 @@ Run `routelab <command> --help` for a command's options and defaults."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Each option's default where it has one (not "None"), and examples kept as written."""
+    """Each option's default where it has one (not "None"), and examples kept as written; the help
+    column wide enough that every command name (check-params the longest) shares its line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=100)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):  # measured 2 shallower than they are printed
+            self._action_max_length += 2
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False or action.required:
