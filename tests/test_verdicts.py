@@ -88,7 +88,7 @@ def test_intervention_checks_need_significance_and_the_paired_comparison(tmp_pat
     assert not V.masking_beats_random(outputs(tmp_path, **{"comparisons:masking": no_pair})).holds
     bottom = masking[:2] + [_cmp("mask_bottom", "crows_pairs", "pct_stereotype", -0.1, 0.01)] + masking[3:]
     assert not V.masking_beats_random(outputs(tmp_path, **{"comparisons:masking": bottom})).holds
-    arr_ok = {"comparisons:arr_eval": [_cmp("arr_4", "crows_pairs", "pct_stereotype", -0.25, 0.001),
+    arr_ok = {"comparisons:arr_eval": [_cmp("arr_4", "crows_pairs", "pct_stereotype", -0.25, 0.001, equivalent=False),
                                        _cmp("arr_4", "perplexity", "ppl", 0.1, 0.001, before=3.8)],
               "metrics:arr_eval": {"condition": "arr_4"}}  # fmt: skip
     assert V.arr_lowers_bias(outputs(tmp_path, **arr_ok)).holds
@@ -97,6 +97,31 @@ def test_intervention_checks_need_significance_and_the_paired_comparison(tmp_pat
     assert not V.arr_lowers_bias(outputs(tmp_path, **overshoot)).holds
     skipped = {"comparisons:arr_eval": [], "metrics:arr_eval": {"condition": None}}  # λ* = 0
     assert not V.arr_lowers_bias(outputs(tmp_path, **skipped)).holds
+
+
+def test_an_effect_must_be_significant_and_beyond_the_equivalence_margin(tmp_path):
+    """arr/steer/generation checks: a significant sliver that TOST calls negligible is no effect
+    (what φ shuffled within layers gives on `routed`: −0.054, −0.032, −0.056, all p_BH < 0.05)."""
+    def arr(delta, p, eq):
+        return {"comparisons:arr_eval": [_cmp("arr_8", "crows_pairs", "pct_stereotype", delta, p, equivalent=eq),
+                                         _cmp("arr_8", "perplexity", "ppl", 0.02, 0.01, before=3.8)],
+                "metrics:arr_eval": {"condition": "arr_8"}}  # fmt: skip
+    assert V.arr_lowers_bias(outputs(tmp_path, **arr(-0.28, 0.001, False))).holds
+    assert not V.arr_lowers_bias(outputs(tmp_path, **arr(-0.054, 0.002, True))).holds  # significant, negligible
+    assert not V.arr_lowers_bias(outputs(tmp_path, **arr(-0.28, 0.2, False))).holds  # large, not significant
+    assert not V.arr_lowers_bias(outputs(tmp_path, **arr(-0.28, 0.001, None))).holds  # no margin: not decided
+
+    def steer(delta, p, eq):
+        return {"comparisons:steer": [_cmp("steer", "crows_pairs", "pct_stereotype", delta, p, equivalent=eq)]}
+    assert V.steer_lowers_bias(outputs(tmp_path, **steer(-0.3, 0.001, False))).holds
+    assert not V.steer_lowers_bias(outputs(tmp_path, **steer(-0.032, 0.001, True))).holds
+
+    def gen(mask, arr_, eq_mask, eq_arr):
+        return {"comparisons:generation": [
+            _cmp("mask_top", "testbed_completion", "own_share", mask, 0.001, before=0.65, equivalent=eq_mask),
+            _cmp("arr", "testbed_completion", "own_share", arr_, 0.001, before=0.65, equivalent=eq_arr)]}  # fmt: skip
+    assert V.generation_follows(outputs(tmp_path, **gen(-0.12, -0.14, False, False))).holds
+    assert not V.generation_follows(outputs(tmp_path, **gen(-0.056, -0.14, True, False))).holds
 
 
 def test_nothing_moves_needs_equivalence_not_just_non_significance(tmp_path):

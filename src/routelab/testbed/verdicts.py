@@ -118,6 +118,15 @@ def _lowered(c: dict | None, alpha: float) -> bool:
     return c is not None and c["delta"] < 0 and c["p_bh"] is not None and c["p_bh"] < alpha
 
 
+def _lowered_beyond_margin(c: dict | None, alpha: float) -> bool:
+    """An effect, not only a signal: a significant decrease (p_BH < α) that the equivalence test
+    cannot call negligible (TOST at ``statistics.equivalence_margins`` fails, ``equivalent`` False).
+    The mirror of "no change" (significant neither way, equivalent): a routing edit that merely
+    perturbs a biased model lowers its preference by a significant sliver (φ shuffled: −0.03 to
+    −0.05 on `routed`), which this refuses."""
+    return _lowered(c, alpha) and c.get("equivalent") is False
+
+
 def _raised(c: dict | None, alpha: float) -> bool:
     return c is not None and c["delta"] > 0 and c["p_bh"] is not None and c["p_bh"] < alpha
 
@@ -240,14 +249,14 @@ def aals_finds_plant(o: ModelOutputs) -> Verdict:
 
 def arr_lowers_bias(o: ModelOutputs) -> Verdict:
     """ARR at λ* lowers the preference toward parity on the test split (paired permutation test,
-    p_BH < α) and costs at most 5 % perplexity there (λ* was picked on validation, so this is not
+    p_BH < α, and beyond the equivalence margin) and costs at most 5 % perplexity there (λ* was picked on validation, so this is not
     the picker's own constraint)."""
     comps = o.comparisons("arr_eval")
     name = o.metrics("arr_eval").get("condition")
     pref, ppl = (_find(comps, name, CROWS, PREF), _find(comps, name, PPL, "ppl")) if name else (None, None)
     toward = pref is not None and abs(pref["after"] - 0.5) < abs(pref["before"] - 0.5)
     cheap = ppl is not None and ppl["after"] <= 1.05 * ppl["before"]
-    ok = _lowered(pref, o.alpha) and toward and cheap
+    ok = _lowered_beyond_margin(pref, o.alpha) and toward and cheap
     return Verdict("arr_lowers_bias", o.model, ok, pref["delta"] if pref else None,
                    f"{name or 'ARR skipped (λ* = 0)'}: preference {_fmt(pref)}, perplexity {_fmt(ppl)}")
 
@@ -276,17 +285,18 @@ def ablation_beats_random(o: ModelOutputs) -> Verdict:
 
 
 def steer_lowers_bias(o: ModelOutputs) -> Verdict:
-    """SteerMoE, switching off the experts demographic tokens favour, lowers the preference (p_BH < α)."""
+    """SteerMoE, switching off the experts demographic tokens favour, lowers the preference (p_BH < α,
+    beyond the equivalence margin)."""
     c = _find(o.comparisons("steer"), "steer", CROWS, PREF)
-    return Verdict("steer_lowers_bias", o.model, _lowered(c, o.alpha), c["delta"] if c else None, f"steer {_fmt(c)}")
+    return Verdict("steer_lowers_bias", o.model, _lowered_beyond_margin(c, o.alpha), c["delta"] if c else None, f"steer {_fmt(c)}")
 
 
 def generation_follows(o: ModelOutputs) -> Verdict:
     """The planted completion rate (own_share) of decoded text falls under masking the top experts
-    and under ARR at λ* (paired over prompts, p_BH < α)."""
+    and under ARR at λ* (paired over prompts, p_BH < α, beyond the equivalence margin)."""
     comps = o.comparisons("generation")
     found = {c: _find(comps, c, "testbed_completion", "own_share") for c in ("mask_top", "arr")}
-    ok = all(_lowered(c, o.alpha) for c in found.values())
+    ok = all(_lowered_beyond_margin(c, o.alpha) for c in found.values())
     return Verdict("generation_follows", o.model, ok, found["mask_top"]["delta"] if found["mask_top"] else None,
                    "; ".join(f"{k} {_fmt(v)}" for k, v in found.items()))
 
