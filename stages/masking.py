@@ -2,7 +2,7 @@
 
 Usage: python -m stages.masking --model diffuse --profile data/profiles/diffuse.parquet \
            --splits data/bench/diffuse/splits --baseline data/bench/diffuse/baseline \
-           --out data/interventions/diffuse/masking --metrics metrics/diffuse/masking.json \
+           --aals metrics/diffuse/aals.json --out data/interventions/diffuse/masking --metrics metrics/diffuse/masking.json \
            --plots plots/models/diffuse/masking
 """
 

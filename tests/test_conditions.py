@@ -133,3 +133,30 @@ def test_masking_one_expert_changes_exactly_that_experts_selections():
             kept = [e for e in b if e != expert]
             ranked = [int(e) for e in torch.argsort(z, descending=True) if int(e) != expert]
             assert sorted(a) == sorted(kept + [next(e for e in ranked if e not in kept)])
+
+
+def test_masking_scoped_to_the_aals_layers_chooses_only_there():
+    """masking.layers = aals: top, bottom and random n come from the AALS layers only; `all` ranks
+    every layer (FARE Table 2); no AALS layer means nothing to mask (None, the stage skips)."""
+    from types import SimpleNamespace
+
+    from routelab.masking import MaskingParams, scoped_context
+
+    # layer 1: φ 0.0..0.7 by expert; layer 2: φ 1.0..1.7 — the global top 2 are layer 2's experts 7, 6
+    prof = pl.DataFrame({"layer": np.repeat(LAYERS, K), "expert": np.tile(np.arange(K), 2),
+                         "phi": np.r_[np.arange(K) / 10, 1 + np.arange(K) / 10], "ard": np.zeros(2 * K)})  # fmt: skip
+    inputs = SimpleNamespace(moe_layers=LAYERS, context=lambda layers, seed: C.ConditionContext(prof, layers, K, 2, seed))
+
+    def masked(cond):
+        return {k: list(v.masked) for k, v in cond.edit.layers.items()}
+
+    everywhere = scoped_context(inputs, "all", [1], 0)
+    assert masked(C.build("mask_top", everywhere, n=2)) == {2: [6, 7]}
+    in_aals = scoped_context(inputs, "aals", [1], 0)
+    assert masked(C.build("mask_top", in_aals, n=2)) == {1: [6, 7]}
+    assert masked(C.build("mask_bottom", in_aals, n=2)) == {1: [0, 1]}
+    for draw in range(5):
+        assert set(masked(C.build("mask_random", in_aals, n=2, draw=draw))) == {1}
+    assert scoped_context(inputs, "aals", [], 0) is None
+    with pytest.raises(RoutelabError, match="masking.layers: unknown value 'aal'. Did you mean 'aals'"):
+        MaskingParams(layers="aal")

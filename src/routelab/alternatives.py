@@ -76,15 +76,16 @@ def _selection_methods(run: Run) -> dict[str, Any]:
     wanted = [m for m in SELECTIONS if m in cfg.conditions]
     if not wanted:
         return {}
-    all_layers = load_selection(run.extra["safex"])["layer"].unique().to_list()
-    safex_empty = selected_in_layers(run.extra["safex"], all_layers).height == 0
+    table = load_selection(run.extra["safex"])
+    everywhere = selected_in_layers(table, table["layer"].unique().to_list())
+    safex_empty = everywhere.height == 0
     if not layers or safex_empty:  # say every reason: both are results of their own stages
         why = "; ".join(w for w, empty in (("AALS selected no layer to edit", not layers),
                                             ("SAFEx selected no expert (see metrics safex.json)", safex_empty)) if empty)  # fmt: skip
         for m in wanted:
             run.skip(m, why)
         return {}
-    chosen = selected_in_layers(run.extra["safex"], layers)
+    chosen = everywhere.filter(pl.col("layer").is_in(layers))
     if chosen.height == 0:
         for m in wanted:
             run.skip(m, f"SAFEx selected no expert in layers {layers} (see metrics safex.json)")

@@ -24,7 +24,15 @@ from routelab.io import atomic_paths, check_resumable_output, check_writable, js
 from routelab.stage import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OneLineParser, interrupted_line
 from routelab.tables import load_profile, read_prompt_texts
 
-DESCRIPTION = "Record and score the routing of Mixture-of-Experts models without DVC."
+COMMANDS = {  # name -> purpose: listed in `routelab --help`, one line each (argparse's own list wraps them)
+    "extract": "record the router logits and top-k of every MoE layer, per token, to Parquet",
+    "bench": "score one benchmark by log-likelihood, optionally under ARR",
+    "check-params": "check every section and key of params.yaml, as the first DVC stage does",
+    "seeds": "summarise the testbed seeds run as DVC experiments: numbers mean ± sd, verdicts k/n",
+}
+DESCRIPTION = "Record and score the routing of Mixture-of-Experts models without DVC.\n\ncommands:\n" + "\n".join(
+    f"    {name:<12}  {purpose}" for name, purpose in COMMANDS.items()
+)
 EXAMPLES = """examples:
   routelab extract --model data/models/diffuse --prompts data/prompts/diffuse.parquet --out routing.parquet
   routelab extract --model data/models/diffuse --prompts data/prompts/diffuse.parquet --out arr.parquet \\
@@ -38,16 +46,11 @@ Run `routelab <command> --help` for a command's options and defaults."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Each option's default where it has one (not "None"), and examples kept as written; the help
-    column wide enough that every command name (check-params the longest) shares its line."""
+    """Each option's default where it has one (not "None"), and descriptions and examples kept as
+    written (the command list is part of the description: see COMMANDS)."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=24, width=100)
-
-    def add_argument(self, action: argparse.Action) -> None:
-        super().add_argument(action)
-        if isinstance(action, argparse._SubParsersAction):  # measured 2 shallower than they are printed
-            self._action_max_length += 2
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False or action.required:
@@ -201,12 +204,11 @@ def cmd_bench(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="routelab", description=DESCRIPTION, epilog=EXAMPLES,
                            formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="<command>",
-                                parser_class=OneLineParser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>", parser_class=OneLineParser,
+                                help="one of the commands above")
 
     p = sub.add_parser(
         "extract", formatter_class=HelpFormatter,
-        help="record the router logits and top-k of every MoE layer, per token, to Parquet",
         description="Record the router logits and top-k of every MoE layer for every real token of the\n"
                     "prompts (one row per prompt, layer and token; schema: routelab.tables). A Ctrl-C keeps\n"
                     "the finished chunks in <out>.parts/; running the same command again resumes from there.",
@@ -226,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench", formatter_class=HelpFormatter,
-        help="score one benchmark by log-likelihood, optionally under ARR",
         description="Score one benchmark by log-likelihood: its metrics with bootstrap 95 % CIs to --out,\n"
                     "and optionally one row per item to --items (written together, or neither).",
         epilog="example:\n  routelab bench --model data/models/diffuse --benchmark crows_pairs \\\n"
@@ -254,7 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "check-params", formatter_class=HelpFormatter,
-        help="check every section and key of params.yaml, as the first DVC stage does",
         description="Check params.yaml against the dataclass of each section (an unknown key is named with\n"
                     "the nearest known one), pipeline.models against models:, then each section's own checks\n"
                     "(ranges, λ grid, benchmark names) and masking.n against models on disk. One problem per line.",
@@ -266,11 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "seeds", formatter_class=HelpFormatter,
-        help="summarise the testbed seeds run as DVC experiments: numbers mean ± sd, verdicts k/n",
         description="Read the workspace (its testbed.seed) and every DVC experiment with another testbed.seed\n"
                     "(dvc exp show), and write the headline numbers as mean ± sd and each ground-truth check\n"
                     "as the number of seeds in which it held.",
-        epilog="example:\n  dvc exp run --queue -S 'testbed.seed=1,2,3,4' && dvc queue start -j 1\n"
+        epilog="example:\n  for s in 1 2 3 4; do dvc exp run -S testbed.seed=$s -n seed$s || break; done\n"
+               "  git checkout -- params.yaml dvc.lock metrics plots data && dvc checkout\n"
                "  routelab seeds --out docs/seeds.md",
     )
     p.add_argument("--params", default="params.yaml", help="the params file (its pipeline.models by default)")

@@ -45,6 +45,7 @@ from routelab.conditions import Condition, build
 from routelab.config import check_choice, section
 from routelab.errors import RoutelabError
 from routelab.interventions import Suite, compare_suite, records, results_table, write_condition_tables
+from routelab.masking import SCOPES, scoped_context
 from routelab.progress import progress
 from routelab.routing import RoutingEdit, attach
 from routelab.scoring import decoder_and_head
@@ -236,6 +237,7 @@ class GenerationParams:
     protocols: list[str] = field(default_factory=lambda: ["bold", "stereotype_completion"])  # a model's own list wins
     conditions: list[str] = field(default_factory=lambda: ["arr", "mask_top", "steer", "prompt_prefix"])
     mask_n: int = 4  # experts off in the mask_top / mask_bottom conditions (its own key: masking.n re-runs only masking)
+    mask_layers: str = "all"  # where mask_top / mask_bottom choose them: all | aals (as masking.layers)
     max_new_tokens: int = 20
     strategy: str = "sample"  # greedy | sample
     temperature: float = 1.0
@@ -257,6 +259,7 @@ class GenerationParams:
             raise RoutelabError(
                 f"generation.conditions: unknown condition(s) {bad}; available: {', '.join(TRANSFER_CONDITIONS)}"
             )
+        check_choice("generation.mask_layers", self.mask_layers, SCOPES)
         self.decode()  # checks the decoding keys
 
     def decode(self) -> DecodeParams:
@@ -367,6 +370,7 @@ def conditions(run: Any, cfg: GenerationParams, sweep: dict[str, Any], steering:
     """The baseline, then each condition of generation.conditions, named as in params; one that
     cannot change anything (λ* = 0, no SteerMoE expert, no AALS layer) is skipped with the reason."""
     ctx = run.inputs.context(sweep["layers"], run.stats.seed)
+    mask_ctx = scoped_context(run.inputs, cfg.mask_layers, sweep["layers"], run.stats.seed)  # sweep: the AALS layers
     prefix = section(AlternativesParams, run.inputs.params.get("alternatives"), "alternatives").prompt_prefix
     out = [build("baseline", ctx)]
     for name in cfg.conditions:
@@ -374,11 +378,13 @@ def conditions(run: Any, cfg: GenerationParams, sweep: dict[str, Any], steering:
             run.skip("arr", f"λ* = 0: ARR is the unedited model ({sweep['reason']})")
         elif name == "steer" and steering.height == 0:
             run.skip("steer", "the steer stage selected no expert")
+        elif name in ("mask_top", "mask_bottom") and mask_ctx is None:
+            run.skip(name, "generation.mask_layers = aals and AALS selected no layer")
         else:
             make = {
                 "arr": lambda: build("arr", ctx, lam=sweep["lambda_star"]),
-                "mask_top": lambda: build("mask_top", ctx, n=cfg.mask_n),
-                "mask_bottom": lambda: build("mask_bottom", ctx, n=cfg.mask_n),
+                "mask_top": lambda: build("mask_top", mask_ctx, n=cfg.mask_n),
+                "mask_bottom": lambda: build("mask_bottom", mask_ctx, n=cfg.mask_n),
                 "steer": lambda: build("steer", ctx, table=steering),
                 "prompt_prefix": lambda: build("prompt_prefix", ctx, text=prefix),
             }[name]

@@ -142,18 +142,13 @@ def routing_shift(profile: pl.DataFrame, path: str | Path, layer: int | None = N
 # --------------------------------------------------------------------------------------
 
 
-def _nothing(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, why: str) -> Path:
+def nothing(path: str | Path, title: str, why: str) -> Path:
     """A figure that says why there is nothing to draw (a skipped condition is a result, issue 21)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
     ax.text(0.5, 0.5, why, ha="center", va="center", wrap=True)
     ax.set_axis_off()
     ax.set_title(title.strip())
-    return _save(fig, path)
-
-
-def nothing(path: str | Path, title: str, why: str) -> Path:
-    """A standalone figure that says why there is nothing to draw."""
-    fig, ax = plt.subplots(figsize=(6, 2))
-    return _nothing(fig, ax, Path(path), title, why)
+    return _save(fig, Path(path))
 
 
 def _write_csv(df: pl.DataFrame, path: Path) -> None:
@@ -184,10 +179,10 @@ def arr_frontier(result: dict, out_dir: str | Path, title: str = "") -> Path:
     out = Path(out_dir)
     df = pl.DataFrame(result["sweep"])
     _write_csv(df, out / "frontier.csv")
-    fig, ax = plt.subplots(figsize=(6, 4))
     if df.is_empty():  # AALS selected no layer: no sweep, and the figure says why (the stage's outputs stay complete)
-        return _nothing(fig, ax, out / "frontier.png", f"{title} ARR bias–utility frontier",
-                        f"no λ sweep: {result.get('reason', 'no layer to edit')}")
+        return nothing(out / "frontier.png", f"{title} ARR bias–utility frontier",
+                       f"no λ sweep: {result.get('reason', 'no layer to edit')}")
+    fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(df["ppl"].to_numpy(), df["pct_stereotype"].to_numpy(), "o-", color="tab:blue")
     for lam, x, y in df.select("lambda", "ppl", "pct_stereotype").iter_rows():
         ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -213,8 +208,7 @@ def condition_deltas(records: list[dict], out_dir: str | Path, name: str, title:
     df = pl.DataFrame(recs)
     _write_csv(df, out / f"{name}.csv")
     if not recs:  # every condition skipped (the stage's metrics say why)
-        fig, ax = plt.subplots(figsize=(6, 2))
-        return _nothing(fig, ax, out / f"{name}.png", f"{title} {name}", "no condition ran: see the stage's `skipped`")
+        return nothing(out / f"{name}.png", f"{title} {name}", "no condition ran: see the stage's `skipped`")
     metrics = list(dict.fromkeys(f"{r['benchmark']}.{r['metric']}" for r in recs))
     conds = list(dict.fromkeys(r["condition"] for r in recs))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 0.35 * len(conds) + 1.5), squeeze=False)

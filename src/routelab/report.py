@@ -457,6 +457,16 @@ CROSS_MODEL_PLOT_DATA = {  # long table -> (per-model CSV, x, y, title, points) 
 }
 
 
+def _csv_or_none(path: Path):
+    """The table of a plot CSV, or None where the file is missing or empty (a skipped step)."""
+    import polars as pl
+
+    try:
+        return pl.read_csv(path) if path.is_file() else None
+    except pl.exceptions.NoDataError:
+        return None
+
+
 def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Concatenate each model's plot CSVs (those that exist) into ``out_dir``, one file per figure."""
     import polars as pl
@@ -467,8 +477,7 @@ def write_cross_model_plot_data(models: Sequence[str], plots_dir: str | Path, ou
     for name, (rel, x, y, title, points) in CROSS_MODEL_PLOT_DATA.items():
         # an empty CSV is a skipped step of that model (e.g. no λ sweep when AALS selected no layer)
         paths = {m: Path(plots_dir) / m / rel for m in models}
-        frames = [pl.read_csv(f).with_columns(pl.lit(m).alias("model"))
-                  for m, f in paths.items() if f.is_file() and f.read_text().strip()]  # fmt: skip
+        frames = [t.with_columns(pl.lit(m).alias("model")) for m, f in paths.items() if (t := _csv_or_none(f)) is not None]
         target = Path(out_dir) / name
         if not frames:  # still written: dvc.yaml declares these figures; the image says there is nothing to draw
             with atomic_path(target) as tmp:

@@ -2,8 +2,11 @@
 
 Run the seeds as DVC experiments, then summarise them::
 
-    dvc exp run --queue -S 'testbed.seed=1,2,3,4' && dvc queue start -j 1   # one experiment per seed
-    routelab seeds --out docs/seeds.md                                      # + docs/seeds.json
+    for s in 1 2 3 4; do dvc exp run -S testbed.seed=$s -n seed$s || break; done   # in the workspace
+    git checkout -- params.yaml dvc.lock metrics plots data && dvc checkout       # back to seed 0
+    routelab seeds --out docs/seeds.md                                             # + docs/seeds.json
+
+(not ``--queue``: a queued run's copy under .dvc/tmp/exps cannot see the params' ../shared paths).
 
 A seed's results are read from its experiment commit (``dvc exp show --json`` gives each
 experiment's commit and its params; ``git show <commit>:metrics/…`` its files), the workspace's

@@ -235,16 +235,23 @@ def fsp_finds_designated(o: ModelOutputs) -> Verdict:
 
 
 def aals_finds_plant(o: ModelOutputs) -> Verdict:
-    """AALS ranks the designated layers first, and each of their one-layer probes changes the
-    preference significantly (p_BH < α; not a noise-sized Δ over a tiny ΔPPL)."""
+    """AALS selects designated layers only, and each designated layer's one-layer probe lowers the
+    preference with an effect (p_BH < α and not equivalent to 0 within the margin, as
+    arr_lowers_bias). Its selection is the claim, not its full ranking: below the selected layers
+    R(l) = Δbias / |ΔPPL| orders layers by tiny perplexity denominators (seed 1 at λ_probe 8:
+    layer 3's Δ 0.04 over ΔPPL 0.02 out-ranked the designated layer 1's Δ 0.27 over 0.16)."""
     aals, layers = o.metrics("aals"), sorted(o.designated())
     if not layers:
         return Verdict("aals_finds_plant", o.model, False, None, "no designated layers")
-    top = sorted(aals["ranking"][: len(layers)])
-    ps = [aals["layers"][str(layer)]["p_bh"] for layer in layers]
-    ok = top == layers and all(p is not None and p < o.alpha for p in ps)
-    return Verdict("aals_finds_plant", o.model, ok, max(p if p is not None else 1.0 for p in ps),
-                   f"ranking {aals['ranking']}, designated layers {layers}, their probes' p_BH {[round(p, 4) for p in ps]}")
+    comps = o.comparisons("aals")
+    probes = {layer: _find(comps, f"layer_{layer}", CROWS, PREF) for layer in layers}
+    selected = [int(layer) for layer in aals["selected"]]
+    ok = bool(selected) and set(selected) <= set(layers) and all(_lowered_beyond_margin(c, o.alpha) for c in probes.values())
+    weakest = max((c["delta"] for c in probes.values() if c is not None), default=None)
+    return Verdict("aals_finds_plant", o.model, ok, weakest,
+                   f"selected {selected} (ranking {aals['ranking']}), designated layers {layers}; their probes: "
+                   + "; ".join(f"layer {layer} {_fmt(c)}{' equivalent to 0' if c and c.get('equivalent') else ''}"
+                               for layer, c in probes.items()))
 
 
 def arr_lowers_bias(o: ModelOutputs) -> Verdict:
