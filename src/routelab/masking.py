@@ -57,7 +57,8 @@ def scoped_context(inputs: Any, scope: str, aals_layers: list[int], seed: int) -
 def conditions(run: Run) -> list[Condition]:
     """mask_top, mask_bottom and the random draws (built before any model is loaded)."""
     cfg: MaskingParams = run.cfg
-    ctx = scoped_context(run.inputs, cfg.layers, run.extra["aals"]["selected"], cfg.seed)
+    aals_layers = run.extra["aals"]["selected"] if cfg.layers == "aals" else []  # `all` needs no AALS result
+    ctx = scoped_context(run.inputs, cfg.layers, aals_layers, cfg.seed)
     if ctx is None:  # a result, recorded: the stage's metrics, summary line and report say why
         for name in ("mask_top", "mask_bottom", "mask_random"):
             run.skip(name, "masking.layers = aals and AALS selected no layer")
