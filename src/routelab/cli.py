@@ -152,13 +152,16 @@ def cmd_check_params(args) -> None:
 def cmd_seeds(args) -> None:
     import yaml
 
-    from routelab.seeds import write_summary
+    from routelab.seeds import fill_readme, write_summary
 
     models = args.models or (yaml.safe_load(Path(args.params).read_text()).get("pipeline") or {}).get("models") or []
     data = write_summary(".", models, args.out)
     held = sum(v["held"] for m in data["verdicts"].values() for v in m.values())
     total = sum(v["of"] for m in data["verdicts"].values() for v in m.values())
-    print(f"seeds {data['seeds']}: {held}/{total} verdicts held → {args.out} (+ .json)")
+    if args.readme:
+        fill_readme(args.readme, data, models)
+    print(f"seeds {data['seeds']}: {held}/{total} verdicts held → {args.out} (+ .json)"
+          + (f", {args.readme}'s seeds table" if args.readme else ""))
 
 
 def cmd_bench(args) -> None:
@@ -271,11 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "as the number of seeds in which it held.",
         epilog="example:\n  for s in 1 2 3 4; do dvc exp run -S testbed.seed=$s -n seed$s || break; done\n"
                "  git checkout -- params.yaml dvc.lock metrics plots data && dvc checkout\n"
-               "  routelab seeds --out docs/seeds.md",
+               "  routelab seeds --out docs/seeds.md --readme README.md",
     )
     p.add_argument("--params", default="params.yaml", help="the params file (its pipeline.models by default)")
     p.add_argument("--models", nargs="*", default=None, help="models to summarise (default: pipeline.models)")
     p.add_argument("--out", default="docs/seeds.md", help="Markdown table (and the same name with .json)")
+    p.add_argument("--readme", default=None, help="also refill this file's seeds table (between its seeds markers)")
     p.set_defaults(func=cmd_seeds)
     return parser
 

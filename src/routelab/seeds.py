@@ -118,3 +118,53 @@ def write_summary(root: str | Path, models: Sequence[str], out: str | Path) -> d
     write_text(out, md)
     write_json(Path(out).with_suffix(".json"), data)
     return data
+
+
+README_START, README_END = "<!-- seeds table: generated from docs/seeds.json -->", "<!-- /seeds table -->"
+# The README's rows: label, summary key, signed (None: the values in seed order, e.g. λ*)
+README_ROWS = (("CrowS-style preference, test split", "pref", False), ("λ* (seeds in order)", "lambda", None),
+               ("ARR at λ*: Δ preference", "arr", True), ("top-n φ experts masked: Δ preference", "mask", True),
+               ("SteerMoE, detected experts off: Δ preference", "steer", True), ("fact MC1, test split", "mc1", False),
+               ("perplexity, test split", "ppl", False))  # fmt: skip
+
+
+def _readme_cell(values: list[Any], signed: bool) -> str:
+    """mean ± sd with a typographic minus; "(k of n)" where some seeds have no value (λ* = 0: no edit)."""
+    nums = [float(v) for v in values if v is not None]
+    if not nums:
+        return "—"
+    text = _mean_sd(nums)
+    if signed and not text.startswith("-"):
+        text = "+" + text
+    text = text.replace("-", "−")
+    return text + (f" ({len(nums)} of {len(values)})" if len(nums) < len(values) else "")
+
+
+def readme_table(data: dict[str, Any], models: Sequence[str]) -> str:
+    """The README's seeds table from ``data`` (summarise's JSON): numbers as mean ± sd, checks as how
+    many held on every seed and which failed where."""
+    seeds = data["seeds"]
+    span = f"{seeds[0]}–{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+    lines = [f"| over seeds {span}: mean ± sd | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for label, key, signed in README_ROWS:
+        values = [data["numbers"][m][key] for m in models]
+        cells = [", ".join("—" if v is None else f"{float(v):g}" for v in vs) if signed is None else _readme_cell(vs, signed)
+                 for vs in values]  # fmt: skip
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = []
+    for m in models:
+        verdicts = data["verdicts"][m]
+        every = sum(1 for v in verdicts.values() if v["held"] == v["of"] == len(seeds))
+        failed = "; ".join(f"`{c}` (seed {', '.join(map(str, v['failed']))})" for c, v in verdicts.items() if v["failed"])
+        cells.append(f"{every} of {len(verdicts)} held on every seed" + (f"; failed: {failed}" if failed else ""))
+    lines.append("| ground-truth checks | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fill_readme(path: str | Path, data: dict[str, Any], models: Sequence[str]) -> None:
+    """Replace the table between the README's seeds markers with :func:`readme_table` (atomic write)."""
+    text = Path(path).read_text()
+    if README_START not in text or README_END not in text:
+        raise RoutelabError(f"{path}: no seeds table markers ({README_START} … {README_END}); add them where the table goes")
+    a, b = text.index(README_START) + len(README_START), text.index(README_END)
+    write_text(path, text[:a] + "\n" + readme_table(data, models) + "\n" + text[b:])
