@@ -111,4 +111,3 @@ def test_ground_truth_names_a_missing_model_folder(saved, tmp_path: Path) -> Non
     root, _, _ = saved
     with pytest.raises(RoutelabError, match="holds no saved model.*stages.testbed_train"):
         truth_mod.ground_truth(tmp_path / "nope", root / "corpus")
-
