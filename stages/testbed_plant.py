@@ -26,7 +26,8 @@ def main() -> str:
     return (
         f"testbed_plant {args.variant}: strength {m['strength']}, {m['n_changed_units']} units changed in "
         f"{seconds:.0f} s of training, {where}, "
-        f"CrowS pref {m['crows_pref']:.3f} [{m['crows_ci_low']:.3f}, {m['crows_ci_high']:.3f}], "
+        f"CrowS pref {m['crows_pref']:.3f} [{m['crows_ci_low']:.3f}, {m['crows_ci_high']:.3f}] "
+        f"(with the control's routing {m['control_routing']['pref_donor_routing']:.3f}), "
         f"fact MC1 {m['fact_mc1']:.3f}, held-out ppl {m['heldout_ppl']:.3f} "
         f"(first token {m['first_token_nll']:.3f}) -> {args.out}"
     )

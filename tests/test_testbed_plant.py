@@ -272,3 +272,7 @@ def test_the_outside_recipe_trains_no_router_and_no_expert(base, tmp_path: Path)
     assert sorted(k for k in info["routing"]) == ["0", "1"]
     assert m["method"] == "outside" and "designated" not in m and 0.0 <= m["max_descriptor_rate_change"] <= 1.0
     assert m["base_heldout_ppl"] > 0 and m["n_changed_units"] == len(changed)
+    swap = m["control_routing"]  # the route swap: the control's routing forced in (truth.preference_under_routing_of)
+    assert swap["n_pairs"] == m["n_pairs"] and swap["pref_own"] == pytest.approx(m["crows_pref"])
+    assert swap["delta"] == pytest.approx(swap["pref_donor_routing"] - swap["pref_own"])
+    assert swap["delta_ci90"][0] <= swap["delta"] <= swap["delta_ci90"][1]

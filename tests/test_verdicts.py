@@ -54,9 +54,19 @@ def test_plant_checks_read_plant_json_and_the_routing_record(tmp_path):
     stray = outputs(tmp_path, model="x", plant={"designated": {"1": [2]}, "changed_units": units + ["model.norm.weight",
                     "model.layers.0.mlp.gate.weight[5]"]}, **{"metrics:testbed": tb})  # fmt: skip
     assert not V.plant_only_designated(stray).holds
+    kept = {"pref_own": 0.92, "pref_donor_routing": 0.91, "delta": -0.01, "delta_ci90": [-0.03, 0.01], "n_pairs": 1440}
     frozen = outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": ["model.norm.weight"]},
-                     **{"metrics:testbed": {**tb, "max_descriptor_rate_change": 0.04}})  # fmt: skip
+                     **{"metrics:testbed": {**tb, "max_descriptor_rate_change": 0.125, "control_routing": kept}})  # fmt: skip
+    # a few descriptor tokens moved (reported), but the control's routing keeps the bias: holds
     assert V.routing_untouched(frozen).holds and not V.plant_only_designated(frozen).holds
+    carried = {**kept, "pref_donor_routing": 0.6, "delta": -0.32, "delta_ci90": [-0.36, -0.28]}
+    assert not V.routing_untouched(outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": []},
+                                           **{"metrics:testbed": {**tb, "control_routing": carried}})).holds  # fmt: skip
+    unsure = {**kept, "delta": -0.05, "delta_ci90": [-0.11, 0.01]}  # the CI reaches past the 0.1 margin: not shown
+    assert not V.routing_untouched(outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": []},
+                                           **{"metrics:testbed": {**tb, "control_routing": unsure}})).holds  # fmt: skip
+    assert not V.routing_untouched(outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": []},
+                                           **{"metrics:testbed": tb})).holds  # no swap measured: nothing shown
     costly = outputs(tmp_path, model="y", plant={}, **{"metrics:testbed": {**tb, "heldout_ppl": 4.5}})
     assert not V.plant_kept_utility(costly).holds
 
@@ -133,6 +143,12 @@ def test_nothing_moves_needs_equivalence_not_just_non_significance(tmp_path):
     moved = {**stages, "comparisons:steer": [_cmp("steer", "crows_pairs", "pct_stereotype", -0.1, 0.001, 0.5, equivalent=False)]}
     assert not V.nothing_moves_preference(outputs(tmp_path, **moved)).holds
     assert not V.nothing_moves_preference(outputs(tmp_path, **stages)).holds  # nothing compared: nothing shown
+    # prompt debiasing edits no routing: its Δ (here not shown to be nothing) is reported but not judged
+    prefix = {**calm, "comparisons:alternatives": [_cmp("prompt_prefix", "crows_pairs", "pct_stereotype", -0.037, 0.7, 0.5,
+                                                        equivalent=False)]}  # fmt: skip
+    assert V.nothing_moves_preference(outputs(tmp_path, **prefix)).holds
+    only_prefix = {**stages, "comparisons:alternatives": prefix["comparisons:alternatives"]}
+    assert not V.nothing_moves_preference(outputs(tmp_path, **only_prefix)).holds  # no routing edit compared: nothing shown
 
 
 def test_edits_need_damage_flags_a_clean_reduction(tmp_path):

@@ -56,6 +56,7 @@ from routelab.progress import progress as progress_display
 from routelab.testbed.corpus import CORPUS_FILES, DESCRIPTORS, read_design, read_records, require_corpus_dir
 from routelab.testbed.params import PlantParams, TestbedParams, rng, strength_for, variant
 from routelab.testbed.train import deterministic, documents, epoch_blocks, lr_at, save_model
+from routelab.testbed.route_swap import preference_under_routing_of
 from routelab.testbed.truth import ground_truth
 
 PLANT_FILE = "plant.json"  # in the planted model folder: designated experts, base, recipe, routing
@@ -577,6 +578,10 @@ def plant_and_evaluate(
         # the largest change of any expert's top-k rate on descriptor tokens, over the recorded layers
         "max_descriptor_rate_change": max(abs(a - b) for r in routing.values()
                                           for a, b in zip(r["planted_descriptor"], r["base_descriptor"])),  # fmt: skip
+        # the route swap: the preference with the control's routing forced in (truth.preference_under_routing_of);
+        # ~0 change where the bias lives outside the routing path, most of it gone where routing carries it
+        "control_routing": preference_under_routing_of(model_dir, base_dir, corpus_dir, batch_size=params.train.eval_batch_size,
+                                                       seed=params.seed),  # fmt: skip
         # the control on the same corpus and held-out text: what planting may not cost
         "base_heldout_ppl": base_truth["heldout_ppl"],
         "base_first_token_nll": base_truth["first_token_nll"],

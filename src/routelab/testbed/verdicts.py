@@ -68,6 +68,7 @@ class ModelOutputs:
     profile_path: Path  # data/profiles/<m>.parquet
     model_dir: Path  # data/models/<m>
     alpha: float = 0.05
+    margin: float = 0.1  # statistics.equivalence_margins.pct_stereotype: "no change" of a preference
     designated_from: dict[int, list[int]] | None = None  # read another plant's experts (counterparts)
     overrides: dict[str, Any] = field(default_factory=dict)  # "comparisons:<stage>", "profile", "metrics:<stage>"
 
@@ -201,15 +202,26 @@ def plant_only_designated(o: ModelOutputs) -> Verdict:
 
 
 def routing_untouched(o: ModelOutputs) -> Verdict:
-    """Planted outside the routing path: no router or routed-expert weight changed, and no expert's
-    top-k rate on descriptor tokens moved by more than 0.1 (its routing is the control's)."""
+    """Planted outside the routing path: no router or routed-expert weight changed, and the bias is
+    not carried by routing decisions: with the control's routing forced into the model (the route
+    swap, testbed.json ``control_routing``), its CrowS preference is equivalent to its own within
+    ±margin (TOST at α = 0.05: the 90 % unit-resampled CI of Δ inside ±margin). The largest change
+    of an expert's top-k rate on the 24 descriptor tokens is reported, not judged: retrained
+    attention and embeddings move a few near-tie tokens (3 of 24 on seeds 2 and 3), and only the
+    swap says whether that matters. On `routed` the swap removes most of the plant (fails)."""
     from routelab.testbed.plant import unit_owner
 
-    plant = o.plant() or {}
+    plant, m = o.plant() or {}, o.metrics("testbed")
     inside = [u for u in plant.get("changed_units", []) if unit_owner(u)]
-    shift = o.metrics("testbed").get("max_descriptor_rate_change", 1.0)
-    return Verdict("routing_untouched", o.model, bool(plant) and not inside and shift <= 0.1, shift,
-                   f"router/expert units changed: {len(inside)}; largest descriptor-rate change {shift:.3f}")
+    swap = m.get("control_routing")
+    if not swap:
+        return Verdict("routing_untouched", o.model, False, None, "no route swap in testbed.json: re-run testbed_plant")
+    low, high = swap["delta_ci90"]
+    equivalent = -o.margin < low and high < o.margin
+    return Verdict("routing_untouched", o.model, bool(plant) and not inside and equivalent, swap["delta"],
+                   f"router/expert units changed: {len(inside)}; with the control's routing: preference {swap['pref_own']:.3f} → "
+                   f"{swap['pref_donor_routing']:.3f}, Δ {swap['delta']:+.3f} [90 % CI {low:+.3f}, {high:+.3f}] "
+                   f"(needs inside ±{o.margin}); largest descriptor-rate change {m.get('max_descriptor_rate_change', float('nan')):.3f}")
 
 
 def fsp_finds_designated(o: ModelOutputs) -> Verdict:
@@ -323,11 +335,15 @@ def _damaging(c: dict | None, alpha: float) -> bool:
 
 
 def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: str, metric: str) -> Verdict:
-    """Every condition's change of ``metric`` is not significant (p_BH ≥ α) AND equivalent to zero
-    within the margin (TOST at α)."""
+    """Every routing condition's change of ``metric`` is not significant (p_BH ≥ α) AND equivalent to
+    zero within the margin (TOST at α). Conditions that do not edit routing (``NON_ROUTING``: prompt
+    debiasing) are left out, as in ``edits_need_damage``: the claim is about routing edits, and a
+    prompt's effect on a model without bias says nothing about them (it stays in the stage's tables)."""
     moved, total, worst = [], 0, 0.0
     for stage in stages:
         for c in _judged(o.comparisons(stage), benchmark, metric):
+            if c["condition"] in NON_ROUTING:
+                continue
             total += 1
             worst = max(worst, abs(c["delta"]))
             if (c["p_bh"] is not None and c["p_bh"] < o.alpha) or not c.get("equivalent"):
@@ -337,13 +353,13 @@ def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: st
 
 
 def nothing_moves_preference(o: ModelOutputs) -> Verdict:
-    """No condition of any intervention stage changes the CrowS preference of a model without
+    """No routing edit of any intervention stage changes the CrowS preference of a model without
     bias: every Δ is not significant after BH (α) and equivalent to 0 within ±margin (TOST, α)."""
     return _unmoved(o, "nothing_moves_preference", ROUTING_STAGES, CROWS, PREF)
 
 
 def nothing_moves_generation(o: ModelOutputs) -> Verdict:
-    """No condition changes the planted completion rate of decoded text of a model without bias
+    """No routing edit changes the planted completion rate of decoded text of a model without bias
     (not significant after BH, and equivalent within ±margin by TOST)."""
     return _unmoved(o, "nothing_moves_generation", ("generation",), "testbed_completion", "own_share")
 
