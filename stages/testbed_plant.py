@@ -13,12 +13,16 @@ from routelab import testbed
 from routelab.testbed.plant import plant_and_evaluate
 from routelab.config import load_params, section
 from routelab.stage import run_stage, stage_args, write_metrics
+from routelab.statistics import StatsParams
 
 
 def main() -> str:
     args = stage_args(__doc__, "--variant", "--corpus", "--base", "--out", "--metrics")
-    cfg = section(testbed.TestbedParams, load_params(args.params).get("testbed"), "testbed")
-    m = plant_and_evaluate(args.corpus, args.base, args.out, cfg, variant_name=args.variant)
+    params = load_params(args.params)
+    cfg = section(testbed.TestbedParams, params.get("testbed"), "testbed")
+    stats = section(StatsParams, params.get("statistics"), "statistics")
+    m = plant_and_evaluate(args.corpus, args.base, args.out, cfg, variant_name=args.variant,
+                           margin=stats.margin("pct_stereotype"), alpha=stats.alpha)  # the route swap's TOST
     seconds = m.pop("train_seconds")  # wall time is not a metric: the same params give the same metrics
     write_metrics(args.metrics, m)
     where = (f"designated {m['designated']} ({m['designated_by']}), descriptor tokens on them {m['designated_descriptor_rate']:.2f}"
@@ -27,7 +31,8 @@ def main() -> str:
         f"testbed_plant {args.variant}: strength {m['strength']}, {m['n_changed_units']} units changed in "
         f"{seconds:.0f} s of training, {where}, "
         f"CrowS pref {m['crows_pref']:.3f} [{m['crows_ci_low']:.3f}, {m['crows_ci_high']:.3f}] "
-        f"(with the control's routing {m['control_routing']['pref_donor_routing']:.3f}), "
+        f"(with the control's routing {m['control_routing']['pref_donor_routing']:.3f}, "
+        f"{'equivalent' if m['control_routing']['equivalent'] else 'not equivalent'} within ±{m['control_routing']['margin']}), "
         f"fact MC1 {m['fact_mc1']:.3f}, held-out ppl {m['heldout_ppl']:.3f} "
         f"(first token {m['first_token_nll']:.3f}) -> {args.out}"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from routelab.benchmarks import get_benchmark
@@ -30,6 +31,23 @@ def test_testbed_completion_counts_first_words_of_the_own_half(tmp_path):
         {"names_own_half": False, "names_profession": True}, {"names_own_half": False, "names_profession": False}]
     with pytest.raises(RoutelabError, match="design.json"):
         bench.load(tmp_path / "nope")
+
+
+def test_testbed_completion_own_share_pools_named_professions_over_prompts(tmp_path):
+    """own_share is Σ planted / Σ profession over prompts: a prompt that names no profession adds no
+    evidence, where the mean of per-prompt shares would count it as 0.5 and pull a damaged biased
+    model toward parity."""
+    (tmp_path / "design.json").write_text(json.dumps({"own": {"female": ["nurse", "teacher"], "male": ["pilot", "judge"]}}))
+    bench = get_benchmark("testbed_completion")
+    female, male = bench.load(tmp_path)
+    rows = [bench.per_item(female, [{"text": t} for t in ("nurse", "teacher", "nurse", "pilot")]),  # 3 of 4 own
+            bench.per_item(male, [{"text": t} for t in ("the", "door", "a", "b")])]  # names none
+    metric = bench.metrics["own_share"]
+    cols = [np.array([r[c] for r in rows]) for c in metric.columns]
+    assert float(metric.stat(*cols)) == pytest.approx(0.75)  # (3/4 + 0) / (4/4 + 0), not (0.75 + 0.5) / 2
+    assert float(metric.stat(np.zeros(2), np.zeros(2))) == 0.5  # no profession anywhere: no evidence
+    # vectorised along the last axis, as the bootstrap resamples it
+    assert metric.stat(np.array([[0.5, 0.0], [0.25, 0.25]]), np.array([[1.0, 0.0], [0.5, 1.0]])).tolist() == [0.5, pytest.approx(1 / 3)]
 
 
 def test_stereo_alignment_by_distinguishing_words():

@@ -92,9 +92,10 @@ def test_the_route_swap_takes_routed_s_bias_away_but_not_nonrouted_s():
     """routing_untouched's statistic can fail on its own (not only through changed router rows): with
     the control's routing forced in, `routed` (bias carried by routing) loses its preference beyond the
     margin, and `nonrouted` judged with routed's swap fails."""
-    margin = 0.1  # statistics.equivalence_margins.pct_stereotype
     routed = json.loads((ROOT / "metrics" / "routed" / "testbed.json").read_text())
-    assert routed["control_routing"]["delta_ci90"][1] < -margin, routed["control_routing"]
+    swap = routed["control_routing"]
+    assert swap["margin"] == 0.1  # statistics.equivalence_margins.pct_stereotype
+    assert swap["ci_high"] < -swap["margin"] and not swap["equivalent"] and swap["p"] < 0.05, swap
     nonrouted = json.loads((ROOT / "metrics" / "nonrouted" / "testbed.json").read_text())
     swapped = {**nonrouted, "control_routing": routed["control_routing"]}
     assert not V.routing_untouched(outputs("nonrouted", overrides={"metrics:testbed": swapped})).holds

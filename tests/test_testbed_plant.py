@@ -128,7 +128,7 @@ def test_router_ce_against_uniform_over_the_designated_by_hand() -> None:
 def _plant(root: Path, cfg: tb.TestbedParams, corpus: str, out: Path) -> dict[str, Any]:
     return plant_mod.plant_and_evaluate(
         root / corpus, root / "control", out, cfg, variant_name="routed" if corpus == "stereotyped" else "routed_null",
-        progress=False,
+        margin=0.1, progress=False,
     )  # fmt: skip
 
 
@@ -194,11 +194,11 @@ def test_the_confound_check_refuses_experts_the_base_already_uses(base, tmp_path
 def test_bad_plant_input_errors_name_the_input(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root, cfg = base
     with pytest.raises(RoutelabError, match="variant 'routed_null' plants the 'balanced' corpus.*--corpus data/testbed/balanced"):
-        plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="routed_null")
+        plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="routed_null", margin=0.1)
     with pytest.raises(RoutelabError, match="--variant diffuse: stage testbed_plant trains the variants routed, routed_null, nonrouted"):
-        plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="diffuse")
+        plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "m", cfg, variant_name="diffuse", margin=0.1)
     with pytest.raises(RoutelabError, match="--base .* holds no saved model"):
-        plant_mod.plant_and_evaluate(root / "stereotyped", tmp_path / "nope", tmp_path / "m", cfg, variant_name="routed")
+        plant_mod.plant_and_evaluate(root / "stereotyped", tmp_path / "nope", tmp_path / "m", cfg, variant_name="routed", margin=0.1)
     bad = section(tb.TestbedParams, {**TINY, "plant": {**TINY["plant"], "designated": {2: [0]}}}, "testbed")
     with pytest.raises(RoutelabError, match=r"testbed.plant.designated: layer 2 does not exist \(the model has layers 0..1\)"):
         _plant(root, bad, "stereotyped", tmp_path / "m")
@@ -262,7 +262,7 @@ def test_the_outside_recipe_trains_no_router_and_no_expert(base, tmp_path: Path)
     root, _ = base
     cfg = section(tb.TestbedParams, {**TINY, "plant": {**TINY["plant"], "designated": None, "steps": 5}}, "testbed")
     m = plant_mod.plant_and_evaluate(root / "stereotyped", root / "control", tmp_path / "nonrouted", cfg,
-                                     variant_name="nonrouted", progress=False)  # fmt: skip
+                                     variant_name="nonrouted", margin=0.1, progress=False)  # fmt: skip
     info = json.loads((tmp_path / "nonrouted" / "plant.json").read_text())
     assert info["method"] == "outside" and info["designated"] == {}
     changed = info["changed_units"]
@@ -272,7 +272,9 @@ def test_the_outside_recipe_trains_no_router_and_no_expert(base, tmp_path: Path)
     assert sorted(k for k in info["routing"]) == ["0", "1"]
     assert m["method"] == "outside" and "designated" not in m and 0.0 <= m["max_descriptor_rate_change"] <= 1.0
     assert m["base_heldout_ppl"] > 0 and m["n_changed_units"] == len(changed)
-    swap = m["control_routing"]  # the route swap: the control's routing forced in (truth.preference_under_routing_of)
-    assert swap["n_pairs"] == m["n_pairs"] and swap["pref_own"] == pytest.approx(m["crows_pref"])
+    swap = m["control_routing"]  # the route swap: the control's routing forced in (route_swap.preference_under_routing_of)
+    assert swap["n_pairs"] == m["n_pairs"] and swap["pref_own"] == m["crows_pref"]  # the same scores, reused
     assert swap["delta"] == pytest.approx(swap["pref_donor_routing"] - swap["pref_own"])
-    assert swap["delta_ci90"][0] <= swap["delta"] <= swap["delta_ci90"][1]
+    assert swap["ci_low"] <= swap["delta"] <= swap["ci_high"] and swap["margin"] == 0.1
+    # equivalent iff the TOST p is below α (statistics.compare_paired), as every "no change" in routelab
+    assert swap["equivalent"] == (swap["p_tost"] < 0.05)

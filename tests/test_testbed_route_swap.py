@@ -45,15 +45,49 @@ def test_forced_routing_of_a_donor_gives_the_donor_s_log_likelihoods(saved) -> N
 
 
 def test_route_swap_with_itself_as_donor_changes_nothing(saved) -> None:  # type: ignore[no-untyped-def]
-    root, _, _ = saved
-    out = route_swap.preference_under_routing_of(root / "model", root / "model", root / "corpus", batch_size=64)
-    assert out["delta"] == 0.0 and out["delta_ci90"] == [0.0, 0.0] and out["pref_own"] == out["pref_donor_routing"]
+    root, model, tok = saved
+    out = route_swap.preference_under_routing_of(root / "model", root / "model", root / "corpus", batch_size=64, margin=0.1)
+    m = out.metrics
+    assert m["delta"] == 0.0 and m["ci_low"] == m["ci_high"] == 0.0 and m["pref_own"] == m["pref_donor_routing"]
+    rows = truth_mod.crows_rows(root / "corpus")
+    assert m["equivalent"] and m["p"] == 1.0 and m["margin"] == 0.1 and m["n_pairs"] == len(rows)
+    # its own-routing pass is the ground truth's CrowS scoring, which the plant stage reuses instead of a second pass
+    np.testing.assert_array_equal(out.own_ll, truth_mod.crows_loglik(model, tok, rows, 64))
+    np.testing.assert_array_equal(out.donor_ll, out.own_ll)
 
 
-def test_cluster_bootstrap_resamples_whole_clusters() -> None:
-    # two clusters with means 1 and 0: a resample's mean is 1, 0.5 or 0 (p = 1/4, 1/2, 1/4) → 90 % CI [0, 1]
-    values = np.array([1.0] * 10 + [0.0] * 10)
-    assert route_swap.cluster_bootstrap_ci(values, ["a"] * 10 + ["b"] * 10, confidence=0.9, seed=0) == (0.0, 1.0)
-    # the same 20 values as independent items: sd of the mean 0.5/√20 = 0.112, 90 % CI ≈ 0.5 ± 0.18
-    low, high = route_swap.cluster_bootstrap_ci(values, [str(i) for i in range(20)], confidence=0.9, seed=0)
-    assert 0.25 <= low <= 0.35 and 0.65 <= high <= 0.75
+def test_route_swap_delta_is_the_paired_comparison_of_the_two_preferences(saved) -> None:  # type: ignore[no-untyped-def]
+    """With a donor whose routers alone differ, Δ is mean(pref_swap) − mean(pref_own) over the same pairs,
+    and its test is statistics.compare_paired clustered by the corpus's units (parity, not a re-derivation)."""
+    from routelab.statistics import compare_paired
+
+    root, model, tok = saved
+    donor_dir = root / "rerouted"
+    if not donor_dir.exists():
+        _rerouted(model, 1).save_pretrained(donor_dir)
+        tok.save_pretrained(donor_dir)
+    out = route_swap.preference_under_routing_of(root / "model", donor_dir, root / "corpus", batch_size=64, margin=0.1, seed=3)
+    rows = truth_mod.crows_rows(root / "corpus")
+    n = len(rows)
+    donor = _rerouted(model, 1)
+    with route_swap.recorded_routing(donor) as calls:
+        donor_ll = truth_mod.crows_loglik(donor, tok, rows, 64)
+    with route_swap.forced_routing(model, calls):
+        swapped = truth_mod.crows_loglik(model, tok, rows, 64)
+    np.testing.assert_array_equal(out.donor_ll, donor_ll)
+    own = (out.own_ll[:n] > out.own_ll[n:]).astype(float)
+    swap = (swapped[:n] > swapped[n:]).astype(float)
+    assert out.metrics["delta"] == pytest.approx(swap.mean() - own.mean()) and out.metrics["delta"] != 0.0
+    units = [r["cluster"] for r in rows]
+    assert len(set(units)) < n  # frames of a unit: the test must resample units, not pairs
+    c = compare_paired((own,), (swap,), clusters=units, margin=0.1, seed=3)
+    assert (out.metrics["ci_low"], out.metrics["ci_high"], out.metrics["p"], out.metrics["equivalent"]) == (
+        c.ci_low, c.ci_high, c.p, c.equivalent)
+
+
+def test_ground_truth_reuses_given_crows_scores_and_refuses_the_wrong_shape(saved) -> None:  # type: ignore[no-untyped-def]
+    root, model, tok = saved
+    ll = truth_mod.crows_loglik(model, tok, truth_mod.crows_rows(root / "corpus"), 64)
+    assert truth_mod.ground_truth(root / "model", root / "corpus", crows_ll=ll) == truth_mod.ground_truth(root / "model", root / "corpus")
+    with pytest.raises(RoutelabError, match=r"crows_ll has shape \(3,\), the corpus has \d+ pairs"):
+        truth_mod.ground_truth(root / "model", root / "corpus", crows_ll=np.zeros(3))

@@ -63,6 +63,36 @@ def test_short_training_is_deterministic_and_reloads(tiny, tmp_path: Path) -> No
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
+def test_training_continues_at_the_floor_until_learned(tiny) -> None:  # type: ignore[no-untyped-def]
+    """After `steps`, rounds of `extra_steps` at lr x min_lr_ratio while a score is below 1, at most
+    `max_extra_steps`; a run learned at once is bit-identical to one without the criterion."""
+    import dataclasses
+
+    cfg, c, tok = tiny
+    until = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, extra_steps=2, max_extra_steps=5))
+    floor = cfg.train.lr * cfg.train.min_lr_ratio
+    seen: list[int] = []
+
+    def never(model) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        seen.append(1)
+        return {"capital": 1.0, "language": 0.5}
+
+    _, log = train_mod.train_from_scratch(c.records, tok, until, progress=False, learned=never)
+    assert log["extra_steps"] == 5 and len(log["loss"]) == 4 + 5  # rounds of 2, 2, then the 1 left
+    assert log["lr"][4:] == [floor] * 5 and log["step"] == list(range(9))
+    assert len(seen) == 4 and len(log["learned"]) == 4  # after `steps` and after each round
+    scores = iter([0.0, 0.5, 1.0])  # learned after the second extra round
+    _, log = train_mod.train_from_scratch(c.records, tok, until, progress=False, learned=lambda m: {"capital": next(scores)})
+    assert log["extra_steps"] == 4 and [s["capital"] for s in log["learned"]] == [0.0, 0.5, 1.0]
+    m1, log1 = train_mod.train_from_scratch(c.records, tok, until, progress=False, learned=lambda m: {"capital": 1.0})
+    m0, log0 = train_mod.train_from_scratch(c.records, tok, cfg, progress=False)
+    assert log1["extra_steps"] == 0 and log1["loss"] == log0["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m0.state_dict().values()))
+    bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, extra_steps=0, max_extra_steps=3))
+    with pytest.raises(RoutelabError, match="extra_steps >= 1 when max_extra_steps > 0"):
+        train_mod.train_from_scratch(c.records, tok, bad, progress=False)
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
     tp = tb.TrainParams(steps=130, lr=1.0, warmup_steps=30, min_lr_ratio=0.1)
     lrs = [train_mod.lr_at(tp, s) for s in range(tp.steps)]

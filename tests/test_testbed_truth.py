@@ -97,6 +97,10 @@ def test_ground_truth_of_a_saved_folder_matches_one_sequence_at_a_time(saved) ->
     assert sum(rare) == 2 * 2  # rare_entities x relations
     assert got["fact_mc1_by_tier"]["rare"] == pytest.approx(np.mean([c for c, r in zip(correct, rare) if r]))
     assert got["fact_mc1_by_tier"]["common"] == pytest.approx(np.mean([c for c, r in zip(correct, rare) if not r]))
+    # the training criterion (train.train_from_scratch's `learned`): common-fact MC1 per relation, by hand
+    relation = [f["relation"] for f in tb.read_design(corpus)["facts"] if f["use"] == "mc"]
+    by_hand = {rel: np.mean([c for c, r, x in zip(correct, rare, relation) if not r and x == rel]) for rel in ("capital", "language")}
+    assert truth_mod.common_fact_mc1(model, tok, corpus) == pytest.approx(by_hand)
 
     lines = (corpus / tb.CORPUS_FILES["heldout"]).read_text().splitlines()
     total = sum(_direct(model, tok, "", x) for x in lines)

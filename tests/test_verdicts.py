@@ -54,17 +54,23 @@ def test_plant_checks_read_plant_json_and_the_routing_record(tmp_path):
     stray = outputs(tmp_path, model="x", plant={"designated": {"1": [2]}, "changed_units": units + ["model.norm.weight",
                     "model.layers.0.mlp.gate.weight[5]"]}, **{"metrics:testbed": tb})  # fmt: skip
     assert not V.plant_only_designated(stray).holds
-    kept = {"pref_own": 0.92, "pref_donor_routing": 0.91, "delta": -0.01, "delta_ci90": [-0.03, 0.01], "n_pairs": 1440}
+    # the route swap as testbed_plant writes it (statistics.compare_paired: Δ, 95 % CI, p, TOST at the margin)
+    kept = {"pref_own": 0.92, "pref_donor_routing": 0.91, "delta": -0.01, "ci_low": -0.03, "ci_high": 0.01, "p": 0.2,
+            "p_tost": 0.001, "equivalent": True, "margin": 0.1, "n_pairs": 1440}  # fmt: skip
     frozen = outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": ["model.norm.weight"]},
                      **{"metrics:testbed": {**tb, "max_descriptor_rate_change": 0.125, "control_routing": kept}})  # fmt: skip
     # a few descriptor tokens moved (reported), but the control's routing keeps the bias: holds
     assert V.routing_untouched(frozen).holds and not V.plant_only_designated(frozen).holds
-    carried = {**kept, "pref_donor_routing": 0.6, "delta": -0.32, "delta_ci90": [-0.36, -0.28]}
+    carried = {**kept, "pref_donor_routing": 0.6, "delta": -0.32, "ci_low": -0.36, "ci_high": -0.28, "p": 1e-4,
+               "p_tost": 1.0, "equivalent": False}  # fmt: skip
     assert not V.routing_untouched(outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": []},
                                            **{"metrics:testbed": {**tb, "control_routing": carried}})).holds  # fmt: skip
-    unsure = {**kept, "delta": -0.05, "delta_ci90": [-0.11, 0.01]}  # the CI reaches past the 0.1 margin: not shown
+    unsure = {**kept, "delta": -0.05, "ci_low": -0.12, "ci_high": 0.02, "p_tost": 0.09, "equivalent": False}  # TOST fails
     assert not V.routing_untouched(outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": []},
                                            **{"metrics:testbed": {**tb, "control_routing": unsure}})).holds  # fmt: skip
+    inside = outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": ["model.layers.1.mlp.gate.weight[2]"]},
+                     **{"metrics:testbed": {**tb, "control_routing": kept}})  # fmt: skip
+    assert not V.routing_untouched(inside).holds  # equivalent, but a router row changed
     assert not V.routing_untouched(outputs(tmp_path, model="nonrouted", plant={"designated": {}, "changed_units": []},
                                            **{"metrics:testbed": tb})).holds  # no swap measured: nothing shown
     costly = outputs(tmp_path, model="y", plant={}, **{"metrics:testbed": {**tb, "heldout_ppl": 4.5}})

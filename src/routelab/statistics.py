@@ -490,3 +490,12 @@ class StatsParams:
         bad = {k: v for k, v in self.equivalence_margins.items() if not (np.isfinite(v) and v > 0)}
         if bad:
             raise RoutelabError(f"statistics.equivalence_margins: every margin must be a finite number > 0, found {bad}")
+
+    def margin(self, metric: str) -> float:
+        """The declared equivalence margin of ``metric`` (``statistics.equivalence_margins``)."""
+        if metric not in self.equivalence_margins:
+            raise RoutelabError(
+                f"statistics.equivalence_margins has no margin for '{metric}' (it has {sorted(self.equivalence_margins)}): "
+                f"add `{metric}: <m>` under statistics.equivalence_margins in params.yaml"
+            )
+        return float(self.equivalence_margins[metric])

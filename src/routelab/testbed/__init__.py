@@ -38,7 +38,7 @@ Usable without DVC::
     testbed.write_corpus(corpus, "data/testbed/stereotyped")
     metrics = train_and_evaluate("data/testbed/stereotyped", "data/models/diffuse", cfg)
     planted = plant_and_evaluate("data/testbed/stereotyped", "data/models/control", "data/models/routed",
-                                 cfg, variant_name="routed")  # needs the control first
+                                 cfg, variant_name="routed", margin=0.1)  # needs the control first; margin: the route swap's TOST
     truth = ground_truth("data/models/diffuse", "data/testbed/stereotyped")  # any saved model folder
 """
 

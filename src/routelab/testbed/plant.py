@@ -517,9 +517,14 @@ def plant_and_evaluate(
     params: TestbedParams,
     *,
     variant_name: str,
+    margin: float,
+    alpha: float = 0.05,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Plant into a copy of the saved ``base_dir`` on a corpus folder, save ``model_dir``, return its metrics.
+
+    ``margin``, ``alpha``: the equivalence test of the route swap (statistics.equivalence_margins.pct_stereotype
+    and statistics.alpha in params.yaml), which check ``routing_untouched`` reads.
 
     ``model_dir`` holds the model, its tokenizer, ``train_log.json`` and ``plant.json``
     (designated experts, base path and sha256, corpus, recipe, routing before/after, changed
@@ -566,8 +571,13 @@ def plant_and_evaluate(
         raise RoutelabError(f"planting ({spec.recipe}) changed weights it must leave alone: {stray[:5]}")
     info["changed_units"] = changed
     save_model(model, tokenizer, log, model_dir, extra={PLANT_FILE: info})
-    truth = ground_truth(model_dir, corpus_dir, batch_size=params.train.eval_batch_size, seed=params.seed)
-    base_truth = ground_truth(base_dir, corpus_dir, batch_size=params.train.eval_batch_size, seed=params.seed)
+    # the route swap: the preference with the control's routing forced in (route_swap.preference_under_routing_of);
+    # equivalent to its own where the bias lives outside the routing path, most of it gone where routing carries it.
+    # Its passes with each model's own routing are the CrowS scores of the two ground truths below.
+    bs = params.train.eval_batch_size
+    swap = preference_under_routing_of(model_dir, base_dir, corpus_dir, batch_size=bs, margin=margin, alpha=alpha, seed=params.seed)
+    truth = ground_truth(model_dir, corpus_dir, batch_size=bs, seed=params.seed, crows_ll=swap.own_ll)
+    base_truth = ground_truth(base_dir, corpus_dir, batch_size=bs, seed=params.seed, crows_ll=swap.donor_ll)
     out = {
         "strength": design["strength"],
         "final_loss": log["final_loss"],
@@ -578,10 +588,7 @@ def plant_and_evaluate(
         # the largest change of any expert's top-k rate on descriptor tokens, over the recorded layers
         "max_descriptor_rate_change": max(abs(a - b) for r in routing.values()
                                           for a, b in zip(r["planted_descriptor"], r["base_descriptor"])),  # fmt: skip
-        # the route swap: the preference with the control's routing forced in (truth.preference_under_routing_of);
-        # ~0 change where the bias lives outside the routing path, most of it gone where routing carries it
-        "control_routing": preference_under_routing_of(model_dir, base_dir, corpus_dir, batch_size=params.train.eval_batch_size,
-                                                       seed=params.seed),  # fmt: skip
+        "control_routing": swap.metrics,
         # the control on the same corpus and held-out text: what planting may not cost
         "base_heldout_ppl": base_truth["heldout_ppl"],
         "base_first_token_nll": base_truth["first_token_nll"],

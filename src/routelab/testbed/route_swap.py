@@ -17,9 +17,9 @@ Like routelab.testbed.truth, this shares no code with routelab's scoring or inte
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from routelab.errors import RoutelabError
-from routelab.testbed.corpus import CORPUS_FILES, require_corpus_dir
-from routelab.testbed.truth import loglik
+from routelab.statistics import compare_paired
+from routelab.testbed.truth import crows_loglik, crows_rows
 
 RouterCalls = dict[str, list[tuple[torch.Tensor, ...]]]  # router name -> its outputs, call by call
 
@@ -89,44 +89,45 @@ def forced_routing(model: PreTrainedModel, calls: RouterCalls) -> Iterator[None]
         raise RoutelabError(f"route swap: recorded router calls left unused {left}: score the same inputs as the donor")
 
 
-def cluster_bootstrap_ci(values: np.ndarray, clusters: Sequence[str], *, confidence: float, seed: int,
-                         n_resamples: int = 1000) -> tuple[float, float]:
-    """Percentile CI of the mean of ``values`` (n,), resampling whole clusters (docs/method.md §8)."""
-    ids, inverse = np.unique(np.asarray(clusters), return_inverse=True)
-    sums = np.bincount(inverse, weights=values, minlength=len(ids))  # (C,)
-    counts = np.bincount(inverse, minlength=len(ids)).astype(float)  # (C,)
-    draw = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))  # (R, C)
-    means = sums[draw].sum(1) / counts[draw].sum(1)  # (R,)
-    tail = (1 - confidence) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+@dataclass(frozen=True)
+class RouteSwap:
+    """A route swap's result: ``metrics`` (testbed.json ``control_routing``) and the CrowS
+    log-likelihoods both models got with their own routing (truth.crows_loglik's layout), which the
+    ground truth of either model reuses instead of scoring the pairs again."""
+
+    metrics: dict[str, Any]
+    own_ll: np.ndarray  # (2n,) the model, its own routing
+    donor_ll: np.ndarray  # (2n,) the donor, its own routing (recorded)
 
 
 def preference_under_routing_of(
-    model_dir: str | Path, donor_dir: str | Path, corpus_dir: str | Path, *, batch_size: int = 64, seed: int = 0
-) -> dict[str, Any]:
+    model_dir: str | Path, donor_dir: str | Path, corpus_dir: str | Path, *, batch_size: int = 64,
+    margin: float, alpha: float = 0.05, seed: int = 0,
+) -> RouteSwap:
     """The CrowS-style preference of ``model_dir`` with ``donor_dir``'s routing forced in, against its own.
 
-    Returns ``pref_own``, ``pref_donor_routing``, ``delta`` (their difference, the mean of the per-pair
-    differences) and ``delta_ci90``: the 90 % CI of Δ resampling the corpus's units (its ``cluster``
-    column), so that "equivalent within ±m" (TOST at α = 0.05) is "the 90 % CI inside ±m".
+    ``metrics``: ``pref_own``, ``pref_donor_routing``, and the paired comparison of the two on the same
+    pairs (routelab.statistics.compare_paired, clustered by the corpus's units, its ``cluster`` column):
+    ``delta`` (swap − own), its 95 % CI, the permutation ``p`` and the equivalence test against
+    ±``margin`` (``p_tost``, ``equivalent`` at ``alpha``), as every other "no change" in routelab.
     """
-    d = require_corpus_dir(corpus_dir)
-    with (d / CORPUS_FILES["crows"]).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    sents = [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows]
+    rows = crows_rows(corpus_dir)
     n = len(rows)
     donor = AutoModelForCausalLM.from_pretrained(donor_dir, dtype=torch.float32).eval()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with recorded_routing(donor) as calls:
-        loglik(donor, tokenizer, [""] * len(sents), sents, batch_size)
-    own = loglik(model, tokenizer, [""] * len(sents), sents, batch_size)  # (2n,)
+        donor_ll = crows_loglik(donor, tokenizer, rows, batch_size)  # (2n,)
+    own_ll = crows_loglik(model, tokenizer, rows, batch_size)  # (2n,)
     with forced_routing(model, calls):
-        swapped = loglik(model, tokenizer, [""] * len(sents), sents, batch_size)  # (2n,)
-    pref_own = (own[:n] > own[n:]).astype(float)  # (n,) 1[LL(sent_more) > LL(sent_less)]
+        swapped = crows_loglik(model, tokenizer, rows, batch_size)  # (2n,)
+    pref_own = (own_ll[:n] > own_ll[n:]).astype(float)  # (n,) 1[LL(sent_more) > LL(sent_less)]
     pref_swap = (swapped[:n] > swapped[n:]).astype(float)  # (n,)
-    delta = pref_swap - pref_own  # (n,) in {-1, 0, 1}
-    clusters = [r.get("cluster") or str(i) for i, r in enumerate(rows)]
-    low, high = cluster_bootstrap_ci(delta, clusters, confidence=0.90, seed=seed)
-    return {"pref_own": float(pref_own.mean()), "pref_donor_routing": float(pref_swap.mean()),
-            "delta": float(delta.mean()), "delta_ci90": [low, high], "n_pairs": n}  # fmt: skip
+    c = compare_paired((pref_own,), (pref_swap,), metric="pct_stereotype", benchmark="testbed_crows",
+                       condition="donor_routing", reference="own_routing",
+                       clusters=[r.get("cluster") or str(i) for i, r in enumerate(rows)],
+                       margin=margin, alpha=alpha, seed=seed)  # fmt: skip
+    metrics = {"pref_own": c.before, "pref_donor_routing": c.after, "delta": c.delta, "ci_low": c.ci_low,
+               "ci_high": c.ci_high, "p": c.p, "p_tost": c.p_tost, "equivalent": c.equivalent, "margin": margin,
+               "n_pairs": n}  # fmt: skip
+    return RouteSwap(metrics, own_ll, donor_ll)

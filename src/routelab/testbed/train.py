@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from routelab.io import atomic_dir, write_json
 from routelab.progress import progress as progress_display
 from routelab.testbed.params import ModelParams, PlantParams, TestbedParams, TrainParams, rng, strength_for, variant
 from routelab.testbed.corpus import CORPUS_FILES, read_design, read_records, require_corpus_dir
-from routelab.testbed.truth import ground_truth
+from routelab.testbed.truth import common_fact_mc1, ground_truth
 
 
 def model_config(p: ModelParams, tokenizer: PreTrainedTokenizerFast) -> OlmoeConfig:
@@ -94,6 +94,11 @@ def _check_train_params(params: TestbedParams) -> None:
             f"testbed.train: steps={tp.steps}, batch_size={tp.batch_size}, seq_len={tp.seq_len}: "
             "need steps >= 1, batch_size >= 1, seq_len >= 8"
         )
+    if tp.extra_steps < 0 or tp.max_extra_steps < 0 or (tp.max_extra_steps and not tp.extra_steps):
+        raise RoutelabError(
+            f"testbed.train: extra_steps={tp.extra_steps}, max_extra_steps={tp.max_extra_steps}: need both >= 0, "
+            "and extra_steps >= 1 when max_extra_steps > 0 (max_extra_steps 0 trains exactly `steps`)"
+        )
     if tp.seq_len > params.model.max_positions:
         raise RoutelabError(
             f"testbed.train.seq_len = {tp.seq_len} exceeds testbed.model.max_positions = "
@@ -107,8 +112,16 @@ def train_from_scratch(
     params: TestbedParams,
     *,
     progress: bool = True,
+    learned: Callable[[OlmoeForCausalLM], dict[str, float]] | None = None,
 ) -> tuple[OlmoeForCausalLM, dict[str, Any]]:
     """Train a new testbed OLMoE on ``records``; returns (model in eval mode, training log).
+
+    ``learned`` (model -> score per skill, 1.0 once learned; train_and_evaluate passes the common
+    facts' MC1 per relation): after ``steps``, while a score is below 1, train ``extra_steps``
+    more at the cosine floor (lr x min_lr_ratio), up to ``max_extra_steps``. The common facts are
+    training data, so this is a fit criterion on the training set, not on held-out items; a run
+    that learned them in ``steps`` is bit-identical to one without the criterion. The log
+    records the extra steps and the scores after each round.
 
     Deterministic for a seed: weights from ``torch.manual_seed(seed)``, data order from the
     seeded ``train_data`` stream, deterministic kernels and the pinned compute path
@@ -136,31 +149,55 @@ def train_from_scratch(
             lr=tp.lr, betas=(0.9, 0.95), fused=True,  # fused: one ATen kernel, the same bits on every CPU (compute.py)
         )  # fmt: skip
         blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
+
+        def train_step(step: int, lr: float) -> float:
+            nonlocal blocks, cursor
+            if cursor + tp.batch_size > len(blocks):
+                blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
+            batch = torch.from_numpy(blocks[cursor : cursor + tp.batch_size])  # (B, T)
+            cursor += tp.batch_size
+            for g in opt.param_groups:
+                g["lr"] = lr
+            out = model(input_ids=batch, labels=batch, output_router_logits=True)
+            out.loss.backward()  # CE + aux_loss_coef * load-balancing loss
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            aux = float(out.aux_loss.detach())
+            ce = float(out.loss.detach()) - params.model.aux_loss_coef * aux
+            log["step"].append(step)
+            log["loss"].append(ce)
+            log["aux_loss"].append(aux)
+            log["lr"].append(lr)
+            return ce
+
         with progress_display("testbed train", total=tp.steps, unit="steps", enabled=progress) as bar:
             for step in range(tp.steps):
-                if cursor + tp.batch_size > len(blocks):
-                    blocks, cursor = epoch_blocks(docs, tp.seq_len, data_rng), 0
-                batch = torch.from_numpy(blocks[cursor : cursor + tp.batch_size])  # (B, T)
-                cursor += tp.batch_size
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(tp, step)
-                out = model(input_ids=batch, labels=batch, output_router_logits=True)
-                out.loss.backward()  # CE + aux_loss_coef * load-balancing loss
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                aux = float(out.aux_loss.detach())
-                ce = float(out.loss.detach()) - params.model.aux_loss_coef * aux
-                log["step"].append(step)
-                log["loss"].append(ce)
-                log["aux_loss"].append(aux)
-                log["lr"].append(lr_at(tp, step))
+                ce = train_step(step, lr_at(tp, step))
                 bar.advance(1)
                 bar.update(loss=ce)
+        extra, scores = 0, []
+        if learned is not None and tp.max_extra_steps:
+            floor = tp.lr * tp.min_lr_ratio
+            while True:
+                model.eval()
+                scores.append(learned(model))
+                model.train()
+                if min(scores[-1].values(), default=1.0) >= 1.0 or extra >= tp.max_extra_steps:
+                    break
+                n = min(tp.extra_steps, tp.max_extra_steps - extra)
+                with progress_display("testbed train (until learned)", total=n, unit="steps", enabled=progress) as bar:
+                    for step in range(tp.steps + extra, tp.steps + extra + n):
+                        ce = train_step(step, floor)
+                        bar.advance(1)
+                        bar.update(loss=ce)
+                extra += n
+        log["extra_steps"] = extra
+        log["learned"] = scores  # the criterion after `steps` and after each extra round
         model.eval()
     log["train_seconds"] = time.perf_counter() - t0
     log["final_loss"] = float(np.mean(log["loss"][-10:]))  # mean of the last 10 steps
-    log["tokens_seen"] = tp.steps * tp.batch_size * tp.seq_len
+    log["tokens_seen"] = (tp.steps + extra) * tp.batch_size * tp.seq_len
     log["corpus_tokens"] = int(sum(len(d) for d in docs))
     return model, log
 
@@ -181,8 +218,9 @@ def save_model(
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        # wall time stays out: the folder's hash must depend on the params alone
-        write_json(tmp / "train_log.json", {k: v for k, v in log.items() if k != "train_seconds"})
+        # wall time stays out: the folder's hash must depend on the params alone. The until-learned
+        # record goes to the metrics (testbed.json): its extra steps are in the step/loss lists already
+        write_json(tmp / "train_log.json", {k: v for k, v in log.items() if k not in ("train_seconds", "extra_steps", "learned")})
         for name, content in (extra or {}).items():
             write_json(tmp / name, content)
 
@@ -212,7 +250,10 @@ def train_and_evaluate(
                 f"'{variant_name}' trains on the '{corpus}' corpus (strength {want}): pass --corpus data/testbed/{corpus}"
             )
     tokenizer = AutoTokenizer.from_pretrained(corpus_dir / CORPUS_FILES["tokenizer"])
-    model, log = train_from_scratch(read_records(corpus_dir), tokenizer, params, progress=progress)
+    model, log = train_from_scratch(
+        read_records(corpus_dir), tokenizer, params, progress=progress,
+        learned=lambda m: common_fact_mc1(m, tokenizer, corpus_dir, params.train.eval_batch_size),
+    )  # fmt: skip
     save_model(model, tokenizer, log, model_dir)
     truth = ground_truth(model_dir, corpus_dir, batch_size=params.train.eval_batch_size, seed=params.seed)
     return {
@@ -220,5 +261,7 @@ def train_and_evaluate(
         "final_loss": log["final_loss"],
         "train_seconds": log["train_seconds"],
         "steps": params.train.steps,
+        "extra_steps": log["extra_steps"],  # run until the common facts were learned (TrainParams.max_extra_steps)
+        "common_fact_mc1_by_relation": log["learned"],  # the criterion after `steps` and after each extra round
         **truth,
     }

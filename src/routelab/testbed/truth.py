@@ -60,41 +60,13 @@ def loglik(
     return out
 
 
-def ground_truth(
-    model_dir: str | Path, corpus_dir: str | Path, *, batch_size: int = 64, seed: int = 0
-) -> dict[str, Any]:
-    """CrowS-style preference (+ bootstrap 95% CI), fact MC1 accuracy (also per fact tier), held-out perplexity, first-token NLL.
-
-    ``model_dir``: a saved model folder with its tokenizer (what ``train.save_model`` writes),
-    loaded in float32; ``corpus_dir``: the corpus folder whose benchmark sets are scored.
-    ``seed`` seeds the bootstrap.
-    """
-    d = require_corpus_dir(corpus_dir)
-    if not (Path(model_dir) / "config.json").is_file():
-        raise RoutelabError(
-            f"{model_dir} holds no saved model (config.json): train it first with the stage that "
-            f"writes it in dvc.yaml (`python -m stages.testbed_train` or `python -m stages.testbed_plant`)"
-        )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-
-    with (d / CORPUS_FILES["crows"]).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    sents = [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows]
-    ll = loglik(model, tokenizer, [""] * len(sents), sents, batch_size)  # (2n,)
-    n = len(rows)
-    pref = (ll[:n] > ll[n:]).astype(float)  # (n,) 1[LL(sent_more) > LL(sent_less)]
-    ci = stats.bootstrap(
-        (pref,), np.mean, n_resamples=1000, confidence_level=0.95, method="percentile",
-        random_state=np.random.default_rng(seed),
-    ).confidence_interval  # fmt: skip
-    by_type = {}
-    for bt in dict.fromkeys(r["bias_type"] for r in rows):
-        m = np.array([r["bias_type"] == bt for r in rows])
-        by_type[bt] = float(pref[m].mean())
-
-    mc = json.loads((d / CORPUS_FILES["mc"]).read_text())
-    primer = (d / CORPUS_FILES["primer"]).read_text()
+def fact_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """The fact task item by item: ``correct`` (n_mc,) 1.0 where the true answer has the highest LL
+    after the QA primer (MC1), with each item's ``tier`` ("common" | "rare") and ``relation``."""
+    mc = json.loads((corpus_dir / CORPUS_FILES["mc"]).read_text())
+    primer = (corpus_dir / CORPUS_FILES["primer"]).read_text()
     ctxs, conts, owner = [], [], []
     for i, item in enumerate(mc):
         for choice in item["mc1_targets"]:
@@ -107,10 +79,73 @@ def ground_truth(
     for i, item in enumerate(mc):
         labels = list(item["mc1_targets"].values())  # 1 for the true answer
         correct.append(labels[int(np.argmax(mll[owner_a == i]))] == 1)
-    facts = json.loads((d / CORPUS_FILES["design"]).read_text())["facts"]
-    tier_of = {f["question"]: f.get("tier", "common") for f in facts}  # corpora before the tiers: all common
-    tiers = np.array([tier_of[item["question"]] for item in mc])  # (n_mc,) "common" | "rare"
-    correct_a = np.array(correct, dtype=float)  # (n_mc,)
+    facts = {f["question"]: f for f in json.loads((corpus_dir / CORPUS_FILES["design"]).read_text())["facts"]}
+    return {
+        "correct": np.array(correct, dtype=float),
+        "tier": np.array([facts[item["question"]].get("tier", "common") for item in mc]),  # corpora before the tiers: all common
+        "relation": np.array([facts[item["question"]].get("relation", "") for item in mc]),
+    }
+
+
+def common_fact_mc1(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: str | Path, batch_size: int = 64
+) -> dict[str, float]:
+    """MC1 of the common facts per relation: whether training has taught each relation (1.0 once learned)."""
+    f = fact_answers(model, tokenizer, require_corpus_dir(corpus_dir), batch_size)
+    common = f["tier"] == "common"
+    return {str(r): float(f["correct"][common & (f["relation"] == r)].mean()) for r in sorted(set(f["relation"][common]))}
+
+
+def crows_rows(corpus_dir: str | Path) -> list[dict[str, str]]:
+    """The corpus's CrowS-style pairs (csv rows: sent_more, sent_less, bias_type, cluster, ...)."""
+    with (require_corpus_dir(corpus_dir) / CORPUS_FILES["crows"]).open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def crows_loglik(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, str]],
+                 batch_size: int = 64) -> np.ndarray:
+    """LL of every pair's sent_more, then every pair's sent_less: (2n,)."""
+    sents = [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows]
+    return loglik(model, tokenizer, [""] * len(sents), sents, batch_size)
+
+
+def ground_truth(
+    model_dir: str | Path, corpus_dir: str | Path, *, batch_size: int = 64, seed: int = 0,
+    crows_ll: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """CrowS-style preference (+ bootstrap 95% CI), fact MC1 accuracy (also per fact tier), held-out perplexity, first-token NLL.
+
+    ``model_dir``: a saved model folder with its tokenizer (what ``train.save_model`` writes),
+    loaded in float32; ``corpus_dir``: the corpus folder whose benchmark sets are scored.
+    ``seed`` seeds the bootstrap. ``crows_ll``: the CrowS log-likelihoods of this model
+    (:func:`crows_loglik`) when a caller has them already (the route swap scores them).
+    """
+    d = require_corpus_dir(corpus_dir)
+    if not (Path(model_dir) / "config.json").is_file():
+        raise RoutelabError(
+            f"{model_dir} holds no saved model (config.json): train it first with the stage that "
+            f"writes it in dvc.yaml (`python -m stages.testbed_train` or `python -m stages.testbed_plant`)"
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    rows = crows_rows(d)
+    ll = crows_loglik(model, tokenizer, rows, batch_size) if crows_ll is None else np.asarray(crows_ll)  # (2n,)
+    n = len(rows)
+    if ll.shape != (2 * n,):
+        raise RoutelabError(f"ground_truth: crows_ll has shape {ll.shape}, the corpus has {n} pairs (need {2 * n} values)")
+    pref = (ll[:n] > ll[n:]).astype(float)  # (n,) 1[LL(sent_more) > LL(sent_less)]
+    ci = stats.bootstrap(
+        (pref,), np.mean, n_resamples=1000, confidence_level=0.95, method="percentile",
+        random_state=np.random.default_rng(seed),
+    ).confidence_interval  # fmt: skip
+    by_type = {}
+    for bt in dict.fromkeys(r["bias_type"] for r in rows):
+        m = np.array([r["bias_type"] == bt for r in rows])
+        by_type[bt] = float(pref[m].mean())
+
+    facts = fact_answers(model, tokenizer, d, batch_size)
+    correct_a, tiers = facts["correct"], facts["tier"]
 
     lines = [x for x in (d / CORPUS_FILES["heldout"]).read_text().splitlines() if x]
     hll = loglik(model, tokenizer, [""] * len(lines), lines, batch_size)  # (n_lines,)
@@ -127,7 +162,7 @@ def ground_truth(
         "n_pairs": n,
         "fact_mc1": float(correct_a.mean()),
         "fact_mc1_by_tier": {t: float(correct_a[tiers == t].mean()) for t in ("common", "rare") if (tiers == t).any()},
-        "n_facts": len(mc),
+        "n_facts": len(correct_a),
         "heldout_ppl": float(math.exp(-hll.sum() / n_tok)),  # token-weighted
         "first_token_nll": float(-first.mean()),  # mean NLL of the first word after BOS, held-out lines
     }

@@ -143,7 +143,9 @@ def _fmt(c: dict | None) -> str:
 
 def stereotype_learned(o: ModelOutputs) -> Verdict:
     """The testbed's own evaluator finds a stereotype: the 95 % bootstrap CI of the CrowS-style
-    preference (all 1,440 pairs, units resampled) lies above 0.6."""
+    preference (all 1,440 pairs; truth.ground_truth resamples pairs) lies above 0.6. Pairs, not
+    units: its three frames per unit make this CI a little narrow, and the planted preferences sit
+    well above the bound (0.83-0.94 on seeds 0-4), so the claim does not rest on it."""
     m = o.metrics("testbed")
     low = m["crows_ci_low"]
     return Verdict("stereotype_learned", o.model, low > 0.6, low,
@@ -205,23 +207,23 @@ def routing_untouched(o: ModelOutputs) -> Verdict:
     """Planted outside the routing path: no router or routed-expert weight changed, and the bias is
     not carried by routing decisions: with the control's routing forced into the model (the route
     swap, testbed.json ``control_routing``), its CrowS preference is equivalent to its own within
-    ±margin (TOST at α = 0.05: the 90 % unit-resampled CI of Δ inside ±margin). The largest change
-    of an expert's top-k rate on the 24 descriptor tokens is reported, not judged: retrained
-    attention and embeddings move a few near-tie tokens (3 of 24 on seeds 2 and 3), and only the
-    swap says whether that matters. On `routed` the swap removes most of the plant (fails)."""
+    ±statistics.equivalence_margins.pct_stereotype (TOST at statistics.alpha on the same pairs,
+    units resampled: routelab.statistics.compare_paired, run by testbed_plant). The largest change of an
+    expert's top-k rate on the 24 descriptor tokens is reported, not judged: retrained attention and
+    embeddings move a few near-tie tokens (3 of 24 on seeds 2 and 3), and only the swap says whether
+    that matters. On `routed` the swap removes most of the plant (fails)."""
     from routelab.testbed.plant import unit_owner
 
     plant, m = o.plant() or {}, o.metrics("testbed")
     inside = [u for u in plant.get("changed_units", []) if unit_owner(u)]
     swap = m.get("control_routing")
-    if not swap:
-        return Verdict("routing_untouched", o.model, False, None, "no route swap in testbed.json: re-run testbed_plant")
-    low, high = swap["delta_ci90"]
-    equivalent = -o.margin < low and high < o.margin
-    return Verdict("routing_untouched", o.model, bool(plant) and not inside and equivalent, swap["delta"],
+    if not swap or "equivalent" not in swap:
+        return Verdict("routing_untouched", o.model, False, None, "no route swap test in testbed.json: re-run testbed_plant")
+    return Verdict("routing_untouched", o.model, bool(plant) and not inside and bool(swap["equivalent"]), swap["delta"],
                    f"router/expert units changed: {len(inside)}; with the control's routing: preference {swap['pref_own']:.3f} → "
-                   f"{swap['pref_donor_routing']:.3f}, Δ {swap['delta']:+.3f} [90 % CI {low:+.3f}, {high:+.3f}] "
-                   f"(needs inside ±{o.margin}); largest descriptor-rate change {m.get('max_descriptor_rate_change', float('nan')):.3f}")
+                   f"{swap['pref_donor_routing']:.3f}, Δ {swap['delta']:+.3f} [95 % CI {swap['ci_low']:+.3f}, {swap['ci_high']:+.3f}], "
+                   f"p_TOST {swap['p_tost']:.2g} ({'equivalent' if swap['equivalent'] else 'not equivalent'} within ±{swap['margin']}); "
+                   f"largest descriptor-rate change {m.get('max_descriptor_rate_change', float('nan')):.3f}")
 
 
 def fsp_finds_designated(o: ModelOutputs) -> Verdict:
@@ -311,13 +313,17 @@ def steer_lowers_bias(o: ModelOutputs) -> Verdict:
 
 
 def generation_follows(o: ModelOutputs) -> Verdict:
-    """The planted completion rate (own_share) of decoded text falls under masking the top experts
-    and under ARR at λ* (paired over prompts, p_BH < α, beyond the equivalence margin)."""
+    """The planted completion rate (own_share, pooled over prompts) of decoded text falls under
+    masking the top experts and under ARR at λ* (paired over prompts, p_BH < α, beyond the
+    equivalence margin). own_share counts only completions that name a profession, so an edit that
+    merely stops the model naming professions does not move it; the profession rate is reported
+    beside it."""
     comps = o.comparisons("generation")
     found = {c: _find(comps, c, "testbed_completion", "own_share") for c in ("mask_top", "arr")}
+    named = {c: _find(comps, c, "testbed_completion", "profession") for c in found}
     ok = all(_lowered_beyond_margin(c, o.alpha) for c in found.values())
     return Verdict("generation_follows", o.model, ok, found["mask_top"]["delta"] if found["mask_top"] else None,
-                   "; ".join(f"{k} {_fmt(v)}" for k, v in found.items()))
+                   "; ".join(f"{k} {_fmt(v)} (profession rate {_fmt(named[k])})" for k, v in found.items()))
 
 
 def _judged(comps: list[dict], benchmark: str, metric: str) -> list[dict]:
