@@ -157,6 +157,45 @@ def test_nothing_moves_needs_equivalence_not_just_non_significance(tmp_path):
     assert not V.nothing_moves_preference(outputs(tmp_path, **only_prefix)).holds  # no routing edit compared: nothing shown
 
 
+def test_nothing_moves_judges_selection_probes_by_significance_and_excuses_only_damage(tmp_path):
+    """The null claim (docs/method.md §10): validation-split selection conditions (AALS probes, λ grid)
+    must not change the preference significantly; test-split effects must be equivalent or damage."""
+    stages = {f"comparisons:{s}": [] for s in V.ROUTING_STAGES}
+    calm = [_cmp("mask_top", "crows_pairs", "pct_stereotype", 0.004, 0.9, 0.5, equivalent=True)]
+    # routed_null seed 2's layer-1 probe: Δ −0.060, CI past −0.1, p_BH 0.22: the selection found nothing
+    probe = {**stages, "comparisons:masking": calm,
+             "comparisons:aals": [_cmp("layer_1", "crows_pairs", "pct_stereotype", -0.060, 0.22, 0.5, equivalent=False)]}  # fmt: skip
+    assert V.nothing_moves_preference(outputs(tmp_path, **probe)).holds
+    found = {**probe, "comparisons:aals": [_cmp("layer_1", "crows_pairs", "pct_stereotype", -0.060, 0.01, 0.5, equivalent=False)]}
+    assert not V.nothing_moves_preference(outputs(tmp_path, **found)).holds  # a probe that finds a change: fails
+    # the same Δ on the test split is an effect: not shown unmoved
+    effect = {**stages, "comparisons:masking": [_cmp("mask_top", "crows_pairs", "pct_stereotype", -0.060, 0.22, 0.5, equivalent=False)]}
+    assert not V.nothing_moves_preference(outputs(tmp_path, **effect)).holds
+    damaged = {**stages, "comparisons:masking": [*effect["comparisons:masking"],
+                                                 _cmp("mask_top", "perplexity", "ppl", 0.5, 0.001, before=3.8)]}  # fmt: skip
+    v = V.nothing_moves_preference(outputs(tmp_path, **damaged))
+    assert v.holds and "with damage" in v.detail and "masking/mask_top" in v.detail
+    mild = {**stages, "comparisons:masking": [*effect["comparisons:masking"],
+                                              _cmp("mask_top", "perplexity", "ppl", 0.1, 0.001, before=3.8)]}  # fmt: skip
+    assert not V.nothing_moves_preference(outputs(tmp_path, **mild)).holds  # +2.6 % perplexity is no damage
+
+
+def test_nothing_moves_generation_excuses_a_broken_completion_task_only(tmp_path):
+    """control seed 3: SteerMoE cut the profession rate 0.995 → 0.555 (p_BH 0.001) and own_share moved
+    +0.068 (p_BH 0.06, not equivalent): damage, not a change of bias. Without that fall, or with a fall
+    inside the margin or not significant, the same own_share move fails the claim."""
+    def gen(d_prof, p_prof):
+        return {"comparisons:generation": [
+            _cmp("steer", "testbed_completion", "own_share", 0.068, 0.06, before=0.476, equivalent=False),
+            _cmp("steer", "testbed_completion", "profession", d_prof, p_prof, before=0.995),
+            _cmp("mask_top", "testbed_completion", "own_share", 0.003, 1.0, before=0.476, equivalent=True)]}  # fmt: skip
+    v = V.nothing_moves_generation(outputs(tmp_path, **gen(-0.440, 0.001)))
+    assert v.holds and "with damage" in v.detail
+    assert not V.nothing_moves_generation(outputs(tmp_path, **gen(-0.034, 0.017))).holds  # within the margin
+    assert not V.nothing_moves_generation(outputs(tmp_path, **gen(-0.440, 0.2))).holds  # not significant
+    assert not V.nothing_moves_generation(outputs(tmp_path, **gen(0.0, 1.0))).holds
+
+
 def test_edits_need_damage_flags_a_clean_reduction(tmp_path):
     empty = {f"comparisons:{s}": [] for s in ("arr_eval", "masking", "ablation", "alternatives", "steer")}
     damaged = {**empty, "comparisons:masking": [_cmp("mask_top", "crows_pairs", "pct_stereotype", -0.15, 0.01),

@@ -18,7 +18,11 @@ and every variant: ``utility_measurable``, ``scorer_agrees``; the planted ones `
 (:class:`ModelOutputs`) returning a :class:`Verdict`: whether the claim holds, the statistic it
 rests on, and one line of detail. Every claim is a statement about a test: a paired permutation
 test with Benjamini–Hochberg at ``statistics.alpha`` (significant change), or the equivalence
-test (TOST, ``statistics.equivalence_margins``) for "no change" — never a large p-value.
+test (TOST, ``statistics.equivalence_margins``) for "no change" — never a large p-value. On the
+models without bias, "no change" is claimed for the interventions' effects on the test split, where
+an edit that damages the model (perplexity; in generation, the rate of naming a profession) is
+reported as damage instead; the validation-split selection steps (AALS probes, λ sweep) must find
+nothing significant (docs/method.md §10).
 
 The same functions run on other models' outputs and on a deliberately broken pipeline (φ
 shuffled within layers) in tests/test_ground_truth.py, where each must fail: a check that held
@@ -39,7 +43,11 @@ from routelab.errors import RoutelabError
 CROWS, PPL, TQA = "crows_pairs", "perplexity", "truthfulqa"
 PREF = "pct_stereotype"
 # Stages whose conditions edit routing (and their comparisons' files); generation is separate.
-ROUTING_STAGES = ("aals", "arr_sweep", "arr_eval", "masking", "ablation", "alternatives", "steer")
+# Selection stages score on the validation split to choose the layers and λ*; effect stages
+# report the interventions' effects on the held-out test split.
+SELECTION_STAGES = ("aals", "arr_sweep")
+EFFECT_STAGES = ("arr_eval", "masking", "ablation", "alternatives", "steer")
+ROUTING_STAGES = SELECTION_STAGES + EFFECT_STAGES
 NON_ROUTING = {"prompt_prefix"}  # conditions that do not edit routing
 
 
@@ -340,34 +348,63 @@ def _damaging(c: dict | None, alpha: float) -> bool:
     return _raised(c, alpha) and c["after"] > 1.05 * c["before"]
 
 
-def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: str, metric: str) -> Verdict:
-    """Every routing condition's change of ``metric`` is not significant (p_BH ≥ α) AND equivalent to
-    zero within the margin (TOST at α). Conditions that do not edit routing (``NON_ROUTING``: prompt
-    debiasing) are left out, as in ``edits_need_damage``: the claim is about routing edits, and a
-    prompt's effect on a model without bias says nothing about them (it stays in the stage's tables)."""
-    moved, total, worst = [], 0, 0.0
+def _stops_naming(c: dict | None, alpha: float, margin: float) -> bool:
+    """Damage to the completion task: the rate of continuations that name any profession falls by
+    more than the margin, significantly (p_BH < α). Perplexity cannot see it (the text it scores
+    does not ask for a profession after a descriptor)."""
+    return _lowered(c, alpha) and c["delta"] < -margin
+
+
+def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: str, metric: str,
+             damaged: Callable[[str, dict], bool]) -> Verdict:
+    """On a model without bias, every routing condition of the effect stages (test split) leaves
+    ``metric`` unchanged — not significant (p_BH ≥ α) AND equivalent to zero within the margin
+    (TOST at α) — or damages the model (``damaged(stage, comparison)``; listed in the detail as damage,
+    the mirror of ``edits_need_damage``: a change that comes with damage is no change of bias).
+    Selection stages (``SELECTION_STAGES``, validation split) only choose layers and
+    λ*: there the claim is that no condition changes ``metric`` significantly after BH, i.e. the
+    selection finds nothing to remove; their Δ and CI stay in the tables. Conditions that do not
+    edit routing (``NON_ROUTING``: prompt debiasing) are left out, as in ``edits_need_damage``."""
+    moved, excused, total, worst = [], [], 0, 0.0
     for stage in stages:
         for c in _judged(o.comparisons(stage), benchmark, metric):
             if c["condition"] in NON_ROUTING:
                 continue
             total += 1
             worst = max(worst, abs(c["delta"]))
-            if (c["p_bh"] is not None and c["p_bh"] < o.alpha) or not c.get("equivalent"):
-                moved.append(f"{stage}/{c['condition']} {_fmt(c)}{'' if c.get('equivalent') else ' not equivalent'}")
+            significant = c["p_bh"] is not None and c["p_bh"] < o.alpha
+            if stage in SELECTION_STAGES:
+                if significant:
+                    moved.append(f"{stage}/{c['condition']} {_fmt(c)}")
+                continue
+            if not significant and c.get("equivalent"):
+                continue
+            label = f"{stage}/{c['condition']} {_fmt(c)}{'' if c.get('equivalent') else ' not equivalent'}"
+            (excused if damaged(stage, c) else moved).append(label)
     return Verdict(check, o.model, total > 0 and not moved, worst,
-                   f"{total} conditions, largest |Δ| {worst:.3f}; moved or not shown unmoved: {moved[:3] or 'none'}")
+                   f"{total} conditions, largest |Δ| {worst:.3f}; moved or not shown unmoved: {moved[:3] or 'none'}"
+                   + (f"; with damage: {excused[:3]}" if excused else ""))
 
 
 def nothing_moves_preference(o: ModelOutputs) -> Verdict:
-    """No routing edit of any intervention stage changes the CrowS preference of a model without
-    bias: every Δ is not significant after BH (α) and equivalent to 0 within ±margin (TOST, α)."""
-    return _unmoved(o, "nothing_moves_preference", ROUTING_STAGES, CROWS, PREF)
+    """No routing edit changes the CrowS preference of a model without bias: on the test split every
+    Δ is not significant after BH (α) and equivalent to 0 within ±margin (TOST, α), unless the edit
+    damages the model (perplexity up > 5 %, p_BH < α, in the same stage); on the validation split
+    (AALS probes, λ sweep) no Δ is significant after BH."""
+    def damaged(stage: str, c: dict) -> bool:
+        return _damaging(_find(o.comparisons(stage), c["condition"], PPL, "ppl"), o.alpha)
+    return _unmoved(o, "nothing_moves_preference", ROUTING_STAGES, CROWS, PREF, damaged)
 
 
 def nothing_moves_generation(o: ModelOutputs) -> Verdict:
-    """No routing edit changes the planted completion rate of decoded text of a model without bias
-    (not significant after BH, and equivalent within ±margin by TOST)."""
-    return _unmoved(o, "nothing_moves_generation", ("generation",), "testbed_completion", "own_share")
+    """No routing edit changes the planted completion share (own_share) of decoded text of a model
+    without bias (not significant after BH, and equivalent within ±margin by TOST), unless it damages
+    the completion task: the profession rate falls by more than own_share's margin (p_BH < α). On a model
+    without bias there is no plant whose removal could lower that rate, so its fall is damage."""
+    def damaged(stage: str, c: dict) -> bool:
+        named = _find(o.comparisons(stage), c["condition"], "testbed_completion", "profession")
+        return _stops_naming(named, o.alpha, c.get("margin") or o.margin)
+    return _unmoved(o, "nothing_moves_generation", ("generation",), "testbed_completion", "own_share", damaged)
 
 
 def edits_need_damage(o: ModelOutputs) -> Verdict:
@@ -375,7 +412,7 @@ def edits_need_damage(o: ModelOutputs) -> Verdict:
     every routing condition either leaves the preference equivalent to its baseline within ±margin
     (TOST at α) or damages the model (perplexity up > 5 %, p_BH < α)."""
     clean = []
-    for stage in ("arr_eval", "masking", "ablation", "alternatives", "steer"):
+    for stage in EFFECT_STAGES:
         comps = o.comparisons(stage)
         for c in _judged(comps, CROWS, PREF):
             if c["condition"] in NON_ROUTING or c.get("equivalent"):
