@@ -27,7 +27,7 @@ def main() -> str:
     if args.model in verdicts.ROLES:
         out = verdicts.ModelOutputs(args.model, Path(args.metrics_dir), Path(args.interventions), Path(args.generation),
                                     Path(args.profile), Path(args.model_dir), alpha=stats.alpha,
-                                    margin=stats.margin("pct_stereotype"))  # fmt: skip
+                                    margin=stats.margin("pct_stereotype"), stats=stats)  # fmt: skip
         found = verdicts.judge(out, args.model)
     truth = verdicts.summary(found) | {"role": args.model if found else None}
     write_json(args.ground_truth, truth)

@@ -180,20 +180,43 @@ def test_nothing_moves_judges_selection_probes_by_significance_and_excuses_only_
     assert not V.nothing_moves_preference(outputs(tmp_path, **mild)).holds  # +2.6 % perplexity is no damage
 
 
+def _generations(counts: dict[str, list[tuple[int, int, int]]]) -> pl.DataFrame:
+    """testbed_completion continuations: per condition, per prompt (own half, other half, no profession)."""
+    rows = []
+    for condition, per_prompt in counts.items():
+        for i, (own, other, none) in enumerate(per_prompt):
+            kinds = [(True, True)] * own + [(False, True)] * other + [(False, False)] * none
+            rows += [{"item": f"d{i:02d}", "condition": condition, "names_own_half": o, "names_profession": p} for o, p in kinds]
+    return pl.DataFrame(rows)
+
+
+def test_other_half_change_is_a_paired_comparison_of_per_prompt_rates(tmp_path):
+    """By hand: two prompts whose other-half rate goes 8/16 → 4/16 and 6/16 → 4/16: Δ = −0.1875."""
+    gens = _generations({"baseline": [(8, 8, 0), (10, 6, 0)], "steer": [(8, 4, 4), (6, 4, 6)]})
+    c = V.other_half_change(outputs(tmp_path, generations=gens), "steer", 0.1)
+    assert c.before == pytest.approx(7 / 16) and c.after == pytest.approx(4 / 16) and c.delta == pytest.approx(-3 / 16)
+    assert c.n == 2 and c.ci_low == pytest.approx(-0.25) and c.ci_high == pytest.approx(-0.125)  # resamples of {−4/16, −2/16}
+    assert V.other_half_change(outputs(tmp_path, generations=gens), "arr", 0.1) is None  # not decoded
+
+
 def test_nothing_moves_generation_excuses_a_broken_completion_task_only(tmp_path):
-    """control seed 3: SteerMoE cut the profession rate 0.995 → 0.555 (p_BH 0.001) and own_share moved
-    +0.068 (p_BH 0.06, not equivalent): damage, not a change of bias. Without that fall, or with a fall
-    inside the margin or not significant, the same own_share move fails the claim."""
-    def gen(d_prof, p_prof):
-        return {"comparisons:generation": [
-            _cmp("steer", "testbed_completion", "own_share", 0.068, 0.06, before=0.476, equivalent=False),
-            _cmp("steer", "testbed_completion", "profession", d_prof, p_prof, before=0.995),
-            _cmp("mask_top", "testbed_completion", "own_share", 0.003, 1.0, before=0.476, equivalent=True)]}  # fmt: skip
-    v = V.nothing_moves_generation(outputs(tmp_path, **gen(-0.440, 0.001)))
-    assert v.holds and "with damage" in v.detail
-    assert not V.nothing_moves_generation(outputs(tmp_path, **gen(-0.034, 0.017))).holds  # within the margin
-    assert not V.nothing_moves_generation(outputs(tmp_path, **gen(-0.440, 0.2))).holds  # not significant
-    assert not V.nothing_moves_generation(outputs(tmp_path, **gen(0.0, 1.0))).holds
+    """control seed 3: SteerMoE cut the profession rate 0.995 → 0.555, both halves' completions with it,
+    and own_share moved +0.068 (p_BH 0.06, not equivalent): damage, not a change of bias. Where the
+    other half's completions do not fall beyond the margin (routed under ARR: the plant's own-half
+    completions vanish, the profession rate with them), the same own_share move fails the claim."""
+    comps = {"comparisons:generation": [
+        _cmp("steer", "testbed_completion", "own_share", 0.068, 0.06, before=0.476, equivalent=False),
+        _cmp("mask_top", "testbed_completion", "own_share", 0.003, 1.0, before=0.476, equivalent=True)]}  # fmt: skip
+    base = [(8 + i % 2, 8 - i % 2, 0) for i in range(24)]
+    broken = [(5, 3 + i % 2, 8 - i % 2) for i in range(24)]  # other half −0.27 or so on every prompt
+    v = V.nothing_moves_generation(outputs(tmp_path, generations=_generations({"baseline": base, "steer": broken}), **comps))
+    assert v.holds and "with damage" in v.detail and "generation/steer" in v.detail
+    own_gone = [(3, 8 - i % 2, 5 + i % 2) for i in range(24)]  # profession rate down 0.31, other half unchanged
+    assert not V.nothing_moves_generation(outputs(tmp_path, generations=_generations({"baseline": base, "steer": own_gone}),
+                                                  **comps)).holds  # fmt: skip
+    slight = [(8, 7 - i % 2, 1 + i % 2) for i in range(24)]  # other half −0.06: inside the margin
+    assert not V.nothing_moves_generation(outputs(tmp_path, generations=_generations({"baseline": base, "steer": slight}),
+                                                  **comps)).holds  # fmt: skip
 
 
 def test_edits_need_damage_flags_a_clean_reduction(tmp_path):

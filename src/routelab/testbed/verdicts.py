@@ -20,7 +20,8 @@ rests on, and one line of detail. Every claim is a statement about a test: a pai
 test with Benjamini–Hochberg at ``statistics.alpha`` (significant change), or the equivalence
 test (TOST, ``statistics.equivalence_margins``) for "no change" — never a large p-value. On the
 models without bias, "no change" is claimed for the interventions' effects on the test split, where
-an edit that damages the model (perplexity; in generation, the rate of naming a profession) is
+an edit that damages the model (perplexity; in generation, the rate of naming the other half's
+professions) is
 reported as damage instead; the validation-split selection steps (AALS probes, λ sweep) must find
 nothing significant (docs/method.md §10).
 
@@ -39,6 +40,7 @@ from typing import Any, Callable
 import polars as pl
 
 from routelab.errors import RoutelabError
+from routelab.statistics import Comparison, StatsParams, compare_paired
 
 CROWS, PPL, TQA = "crows_pairs", "perplexity", "truthfulqa"
 PREF = "pct_stereotype"
@@ -77,8 +79,9 @@ class ModelOutputs:
     model_dir: Path  # data/models/<m>
     alpha: float = 0.05
     margin: float = 0.1  # statistics.equivalence_margins.pct_stereotype: "no change" of a preference
+    stats: StatsParams = field(default_factory=StatsParams)  # the tests the checks run themselves (seed, draws)
     designated_from: dict[int, list[int]] | None = None  # read another plant's experts (counterparts)
-    overrides: dict[str, Any] = field(default_factory=dict)  # "comparisons:<stage>", "profile", "metrics:<stage>"
+    overrides: dict[str, Any] = field(default_factory=dict)  # "comparisons:<stage>", "profile", "metrics:<stage>", "generations"
 
     def metrics(self, stage: str) -> dict[str, Any]:
         if f"metrics:{stage}" in self.overrides:
@@ -90,6 +93,16 @@ class ModelOutputs:
             return self.overrides[f"comparisons:{stage}"]
         folder = self.generation_dir if stage == "generation" else self.interventions_dir / stage
         return _json(folder / "comparisons.json", f"dvc repro {stage}@{self.model}")
+
+    def generations(self) -> pl.DataFrame:
+        """The testbed_completion continuations (item, condition, names_own_half, names_profession)."""
+        if "generations" in self.overrides:
+            return self.overrides["generations"]
+        path = self.generation_dir / "generations.parquet"
+        if not path.is_file():
+            raise RoutelabError(f"{path} missing: run `dvc repro generation@{self.model}`")
+        return (pl.scan_parquet(path).filter(pl.col("protocol") == "testbed_completion")
+                .select("item", "condition", "names_own_half", "names_profession").collect())  # fmt: skip
 
     def profile(self) -> pl.DataFrame:
         if "profile" in self.overrides:
@@ -348,11 +361,34 @@ def _damaging(c: dict | None, alpha: float) -> bool:
     return _raised(c, alpha) and c["after"] > 1.05 * c["before"]
 
 
-def _stops_naming(c: dict | None, alpha: float, margin: float) -> bool:
-    """Damage to the completion task: the rate of continuations that name any profession falls by
-    more than the margin, significantly (p_BH < α). Perplexity cannot see it (the text it scores
-    does not ask for a profession after a descriptor)."""
-    return _lowered(c, alpha) and c["delta"] < -margin
+def other_half_change(o: ModelOutputs, condition: str, margin: float) -> Comparison | None:
+    """Δ of the other-half rate under ``condition``: the share of a prompt's continuations that name
+    a profession of the descriptor's *other* half (the completions a model without the stereotype
+    gives as often as its own half's), paired over prompts as the generation stage pairs them
+    (routelab.statistics's compare_paired at ``o.stats``). None when the condition was not decoded."""
+    other = (pl.col("names_profession") & ~pl.col("names_own_half")).cast(pl.Float64).mean().alias("other")
+    rates = o.generations().group_by("item", "condition").agg(other)
+    base = rates.filter(pl.col("condition") == "baseline").sort("item")
+    edited = rates.filter(pl.col("condition") == condition).sort("item")
+    if edited.height == 0:
+        return None
+    if base["item"].to_list() != edited["item"].to_list():
+        raise RoutelabError(f"{o.generation_dir}/generations.parquet: {condition} and baseline decoded different "
+                            "prompts: run `dvc repro generation@{o.model}`")  # fmt: skip
+    s = o.stats
+    return compare_paired((base["other"].to_numpy(),), (edited["other"].to_numpy(),), metric="other_half",
+                          benchmark="testbed_completion", condition=condition, margin=margin, alpha=s.alpha,
+                          n_permutations=s.n_permutations, n_bootstrap=s.n_bootstrap, seed=s.seed)  # fmt: skip
+
+
+def _stops_naming_others(o: ModelOutputs, condition: str, margin: float) -> Comparison | None:
+    """Damage to the completion task: the other-half rate falls by more than the margin (its whole
+    95 % CI below −margin). Not the profession rate: on a biased model, removing the bias removes
+    planted completions and so lowers the profession rate (`routed` seed 3 under ARR: −0.34, of which
+    the own half −0.30) — that is the effect, not damage. Perplexity cannot see either (the text it
+    scores does not ask for a profession after a descriptor). Returns the comparison when damaged."""
+    c = other_half_change(o, condition, margin)
+    return c if c is not None and c.ci_high < -margin else None
 
 
 def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: str, metric: str,
@@ -399,11 +435,10 @@ def nothing_moves_preference(o: ModelOutputs) -> Verdict:
 def nothing_moves_generation(o: ModelOutputs) -> Verdict:
     """No routing edit changes the planted completion share (own_share) of decoded text of a model
     without bias (not significant after BH, and equivalent within ±margin by TOST), unless it damages
-    the completion task: the profession rate falls by more than own_share's margin (p_BH < α). On a model
-    without bias there is no plant whose removal could lower that rate, so its fall is damage."""
+    the completion task: the rate of naming a profession of the descriptor's other half falls by more
+    than own_share's margin (its 95 % CI below −margin; :func:`_stops_naming_others`)."""
     def damaged(stage: str, c: dict) -> bool:
-        named = _find(o.comparisons(stage), c["condition"], "testbed_completion", "profession")
-        return _stops_naming(named, o.alpha, c.get("margin") or o.margin)
+        return _stops_naming_others(o, c["condition"], c.get("margin") or o.margin) is not None
     return _unmoved(o, "nothing_moves_generation", ("generation",), "testbed_completion", "own_share", damaged)
 
 
