@@ -165,7 +165,8 @@ def test_nothing_moves_judges_selection_probes_by_significance_and_excuses_only_
     # routed_null seed 2's layer-1 probe: Δ −0.060, CI past −0.1, p_BH 0.22: the selection found nothing
     probe = {**stages, "comparisons:masking": calm,
              "comparisons:aals": [_cmp("layer_1", "crows_pairs", "pct_stereotype", -0.060, 0.22, 0.5, equivalent=False)]}  # fmt: skip
-    assert V.nothing_moves_preference(outputs(tmp_path, **probe)).holds
+    v = V.nothing_moves_preference(outputs(tmp_path, **probe))
+    assert v.holds and "selection, not shown equivalent" in v.detail and "aals/layer_1" in v.detail  # said, not hidden
     found = {**probe, "comparisons:aals": [_cmp("layer_1", "crows_pairs", "pct_stereotype", -0.060, 0.01, 0.5, equivalent=False)]}
     assert not V.nothing_moves_preference(outputs(tmp_path, **found)).holds  # a probe that finds a change: fails
     # the same Δ on the test split is an effect: not shown unmoved

@@ -401,7 +401,7 @@ def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: st
     λ*: there the claim is that no condition changes ``metric`` significantly after BH, i.e. the
     selection finds nothing to remove; their Δ and CI stay in the tables. Conditions that do not
     edit routing (``NON_ROUTING``: prompt debiasing) are left out, as in ``edits_need_damage``."""
-    moved, excused, total, worst = [], [], 0, 0.0
+    moved, excused, wide, total, worst = [], [], [], 0, 0.0
     for stage in stages:
         for c in _judged(o.comparisons(stage), benchmark, metric):
             if c["condition"] in NON_ROUTING:
@@ -412,6 +412,8 @@ def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: st
             if stage in SELECTION_STAGES:
                 if significant:
                     moved.append(f"{stage}/{c['condition']} {_fmt(c)}")
+                elif not c.get("equivalent"):
+                    wide.append(f"{stage}/{c['condition']} {_fmt(c)}")
                 continue
             if not significant and c.get("equivalent"):
                 continue
@@ -419,7 +421,8 @@ def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: st
             (excused if damaged(stage, c) else moved).append(label)
     return Verdict(check, o.model, total > 0 and not moved, worst,
                    f"{total} conditions, largest |Δ| {worst:.3f}; moved or not shown unmoved: {moved[:3] or 'none'}"
-                   + (f"; with damage: {excused[:3]}" if excused else ""))
+                   + (f"; with damage: {excused[:3]}" if excused else "")
+                   + (f"; selection, not shown equivalent: {wide[:3]}" if wide else ""))
 
 
 def nothing_moves_preference(o: ModelOutputs) -> Verdict:
