@@ -198,6 +198,9 @@ def test_other_half_change_is_a_paired_comparison_of_per_prompt_rates(tmp_path):
     assert c.before == pytest.approx(7 / 16) and c.after == pytest.approx(4 / 16) and c.delta == pytest.approx(-3 / 16)
     assert c.n == 2 and c.ci_low == pytest.approx(-0.25) and c.ci_high == pytest.approx(-0.125)  # resamples of {−4/16, −2/16}
     assert V.other_half_change(outputs(tmp_path, generations=gens), "arr", 0.1) is None  # not decoded
+    partial = _generations({"baseline": [(8, 8, 0), (10, 6, 0)], "steer": [(8, 4, 4)]})
+    with pytest.raises(RoutelabError, match="decoded different prompts: run `dvc repro generation@routed`"):
+        V.other_half_change(outputs(tmp_path, generations=partial), "steer", 0.1)
 
 
 def test_nothing_moves_generation_excuses_a_broken_completion_task_only(tmp_path):

@@ -21,9 +21,8 @@ test with Benjamini–Hochberg at ``statistics.alpha`` (significant change), or 
 test (TOST, ``statistics.equivalence_margins``) for "no change" — never a large p-value. On the
 models without bias, "no change" is claimed for the interventions' effects on the test split, where
 an edit that damages the model (perplexity; in generation, the rate of naming the other half's
-professions) is
-reported as damage instead; the validation-split selection steps (AALS probes, λ sweep) must find
-nothing significant (docs/method.md §10).
+professions) is reported as damage instead; the validation-split selection steps (AALS probes,
+λ sweep) must find nothing significant (docs/method.md §10).
 
 The same functions run on other models' outputs and on a deliberately broken pipeline (φ
 shuffled within layers) in tests/test_ground_truth.py, where each must fail: a check that held
@@ -374,7 +373,7 @@ def other_half_change(o: ModelOutputs, condition: str, margin: float) -> Compari
         return None
     if base["item"].to_list() != edited["item"].to_list():
         raise RoutelabError(f"{o.generation_dir}/generations.parquet: {condition} and baseline decoded different "
-                            "prompts: run `dvc repro generation@{o.model}`")  # fmt: skip
+                            f"prompts: run `dvc repro generation@{o.model}`")  # fmt: skip
     s = o.stats
     return compare_paired((base["other"].to_numpy(),), (edited["other"].to_numpy(),), metric="other_half",
                           benchmark="testbed_completion", condition=condition, margin=margin, alpha=s.alpha,
@@ -395,10 +394,10 @@ def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: st
              damaged: Callable[[str, dict], bool]) -> Verdict:
     """On a model without bias, every routing condition of the effect stages (test split) leaves
     ``metric`` unchanged — not significant (p_BH ≥ α) AND equivalent to zero within the margin
-    (TOST at α) — or damages the model (``damaged(stage, comparison)``; listed in the detail as damage,
-    the mirror of ``edits_need_damage``: a change that comes with damage is no change of bias).
-    Selection stages (``SELECTION_STAGES``, validation split) only choose layers and
-    λ*: there the claim is that no condition changes ``metric`` significantly after BH, i.e. the
+    (TOST at α) — or damages the model (``damaged(stage, comparison)``; listed in the detail as
+    damage, the mirror of ``edits_need_damage``: a change that comes with damage is no change of
+    bias). Selection stages (``SELECTION_STAGES``, validation split) only choose layers and λ*: the
+    claim there is that no condition changes ``metric`` significantly after BH, i.e. the
     selection finds nothing to remove; their Δ and CI stay in the tables. Conditions that do not
     edit routing (``NON_ROUTING``: prompt debiasing) are left out, as in ``edits_need_damage``."""
     moved, excused, wide, total, worst = [], [], [], 0, 0.0
