@@ -78,7 +78,7 @@ class ModelOutputs:
     model_dir: Path  # data/models/<m>
     alpha: float = 0.05
     margin: float = 0.1  # statistics.equivalence_margins.pct_stereotype: "no change" of a preference
-    stats: StatsParams = field(default_factory=StatsParams)  # the tests the checks run themselves (seed, draws)
+    stats: StatsParams = field(default_factory=StatsParams)  # draws and seed of the tests the checks run themselves
     designated_from: dict[int, list[int]] | None = None  # read another plant's experts (counterparts)
     overrides: dict[str, Any] = field(default_factory=dict)  # "comparisons:<stage>", "profile", "metrics:<stage>", "generations"
 
@@ -364,7 +364,8 @@ def other_half_change(o: ModelOutputs, condition: str, margin: float) -> Compari
     """Δ of the other-half rate under ``condition``: the share of a prompt's continuations that name
     a profession of the descriptor's *other* half (the completions a model without the stereotype
     gives as often as its own half's), paired over prompts as the generation stage pairs them
-    (routelab.statistics's compare_paired at ``o.stats``). None when the condition was not decoded."""
+    (routelab.statistics's compare_paired with ``o.stats``' draws and seed, at ``o.alpha``). None when
+    the condition was not decoded."""
     other = (pl.col("names_profession") & ~pl.col("names_own_half")).cast(pl.Float64).mean().alias("other")
     rates = o.generations().group_by("item", "condition").agg(other)
     base = rates.filter(pl.col("condition") == "baseline").sort("item")
@@ -376,33 +377,34 @@ def other_half_change(o: ModelOutputs, condition: str, margin: float) -> Compari
                             f"prompts: run `dvc repro generation@{o.model}`")  # fmt: skip
     s = o.stats
     return compare_paired((base["other"].to_numpy(),), (edited["other"].to_numpy(),), metric="other_half",
-                          benchmark="testbed_completion", condition=condition, margin=margin, alpha=s.alpha,
+                          benchmark="testbed_completion", condition=condition, margin=margin, alpha=o.alpha,
                           n_permutations=s.n_permutations, n_bootstrap=s.n_bootstrap, seed=s.seed)  # fmt: skip
 
 
-def _stops_naming_others(o: ModelOutputs, condition: str, margin: float) -> Comparison | None:
+def _stops_naming_others(o: ModelOutputs, condition: str, margin: float) -> bool:
     """Damage to the completion task: the other-half rate falls by more than the margin (its whole
     95 % CI below −margin). Not the profession rate: on a biased model, removing the bias removes
     planted completions and so lowers the profession rate (`routed` seed 3 under ARR: −0.34, of which
     the own half −0.30) — that is the effect, not damage. Perplexity cannot see either (the text it
-    scores does not ask for a profession after a descriptor). Returns the comparison when damaged."""
+    scores does not ask for a profession after a descriptor)."""
     c = other_half_change(o, condition, margin)
-    return c if c is not None and c.ci_high < -margin else None
+    return c is not None and c.ci_high < -margin
 
 
 def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: str, metric: str,
-             damaged: Callable[[str, dict], bool]) -> Verdict:
+             damaged: Callable[[list[dict], dict], bool]) -> Verdict:
     """On a model without bias, every routing condition of the effect stages (test split) leaves
     ``metric`` unchanged — not significant (p_BH ≥ α) AND equivalent to zero within the margin
-    (TOST at α) — or damages the model (``damaged(stage, comparison)``; listed in the detail as
-    damage, the mirror of ``edits_need_damage``: a change that comes with damage is no change of
-    bias). Selection stages (``SELECTION_STAGES``, validation split) only choose layers and λ*: the
-    claim there is that no condition changes ``metric`` significantly after BH, i.e. the
-    selection finds nothing to remove; their Δ and CI stay in the tables. Conditions that do not
+    (TOST at α) — or damages the model (``damaged(stage comparisons, comparison)``; listed in the
+    detail as damage, the mirror of ``edits_need_damage``: a change that comes with damage is no
+    change of bias). Selection stages (``SELECTION_STAGES``, validation split) only choose layers
+    and λ*: the claim there is that no condition changes ``metric`` significantly after BH, i.e.
+    the selection finds nothing to remove; their Δ and CI stay in the tables. Conditions that do not
     edit routing (``NON_ROUTING``: prompt debiasing) are left out, as in ``edits_need_damage``."""
     moved, excused, wide, total, worst = [], [], [], 0, 0.0
     for stage in stages:
-        for c in _judged(o.comparisons(stage), benchmark, metric):
+        comps = o.comparisons(stage)
+        for c in _judged(comps, benchmark, metric):
             if c["condition"] in NON_ROUTING:
                 continue
             total += 1
@@ -417,7 +419,7 @@ def _unmoved(o: ModelOutputs, check: str, stages: tuple[str, ...], benchmark: st
             if not significant and c.get("equivalent"):
                 continue
             label = f"{stage}/{c['condition']} {_fmt(c)}{'' if c.get('equivalent') else ' not equivalent'}"
-            (excused if damaged(stage, c) else moved).append(label)
+            (excused if damaged(comps, c) else moved).append(label)
     return Verdict(check, o.model, total > 0 and not moved, worst,
                    f"{total} conditions, largest |Δ| {worst:.3f}; moved or not shown unmoved: {moved[:3] or 'none'}"
                    + (f"; with damage: {excused[:3]}" if excused else "")
@@ -429,8 +431,8 @@ def nothing_moves_preference(o: ModelOutputs) -> Verdict:
     Δ is not significant after BH (α) and equivalent to 0 within ±margin (TOST, α), unless the edit
     damages the model (perplexity up > 5 %, p_BH < α, in the same stage); on the validation split
     (AALS probes, λ sweep) no Δ is significant after BH."""
-    def damaged(stage: str, c: dict) -> bool:
-        return _damaging(_find(o.comparisons(stage), c["condition"], PPL, "ppl"), o.alpha)
+    def damaged(comps: list[dict], c: dict) -> bool:
+        return _damaging(_find(comps, c["condition"], PPL, "ppl"), o.alpha)
     return _unmoved(o, "nothing_moves_preference", ROUTING_STAGES, CROWS, PREF, damaged)
 
 
@@ -439,8 +441,8 @@ def nothing_moves_generation(o: ModelOutputs) -> Verdict:
     without bias (not significant after BH, and equivalent within ±margin by TOST), unless it damages
     the completion task: the rate of naming a profession of the descriptor's other half falls by more
     than own_share's margin (its 95 % CI below −margin; :func:`_stops_naming_others`)."""
-    def damaged(stage: str, c: dict) -> bool:
-        return _stops_naming_others(o, c["condition"], c.get("margin") or o.margin) is not None
+    def damaged(comps: list[dict], c: dict) -> bool:
+        return _stops_naming_others(o, c["condition"], c.get("margin") or o.margin)
     return _unmoved(o, "nothing_moves_generation", ("generation",), "testbed_completion", "own_share", damaged)
 
 
